@@ -1,0 +1,3 @@
+from ecomrl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ecomrl`` subcommand, each exposing ``register(app)``."""

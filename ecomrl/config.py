@@ -1,0 +1,77 @@
+"""The one configuration model of ecomrl, loaded from TOML and validated with pydantic.
+
+Each stage package owns the model of its own table (``[simulator]``, ``[etl]``, ``[train]``,
+``[evaluate]``, ``[approval]``); this module composes them and turns validation failures into
+one-line messages that name the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ecomrl.errors import ConfigError
+from etl.config import EtlConfig
+from evaluation.config import ApprovalConfig, EvaluateConfig
+from offline_rl.config import TrainConfig
+from simulator.config import SimulatorConfig
+
+
+class RunConfig(BaseModel):
+    """The nightly job (``ecomrl run``): where runs are written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runs_dir: Path = Path("runs")
+
+
+class EcomrlConfig(BaseModel):
+    """Root of the configuration: one table per stage, every table optional."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
+    etl: EtlConfig = Field(default_factory=EtlConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+
+def _describe(error: Any) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "<root>"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"unknown key '{key}'"
+    if kind == "missing":
+        return f"missing required key '{key}'"
+    got = error.get("input")
+    return f"key '{key}': {error['msg']} (got {got!r})"
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> EcomrlConfig:
+    """Validate a parsed TOML document; raise ``ConfigError`` naming the first bad key."""
+    try:
+        return EcomrlConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(e) for e in exc.errors()[:3])
+        more = exc.error_count() - 3
+        suffix = f" (and {more} more)" if more > 0 else ""
+        raise ConfigError(f"{source}: {problems}{suffix}") from exc
+
+
+def load_config(path: Path | str | None) -> EcomrlConfig:
+    """Load and validate a TOML config file; ``None`` gives the defaults."""
+    if path is None:
+        return EcomrlConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return config_from_dict(data, source=str(path))

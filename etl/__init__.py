@@ -1,0 +1,1 @@
+"""ETL: raw clickstream and order logs -> Parquet transition datasets."""

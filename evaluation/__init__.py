@@ -1,0 +1,1 @@
+"""Off-policy evaluation, diagnostics and the policy-approval report."""

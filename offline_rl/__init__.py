@@ -1,0 +1,1 @@
+"""Offline RL: conservative agents (d3rlpy), behaviour-policy and response models."""

@@ -1,0 +1,1 @@
+"""E-commerce simulator: emits raw logs and gives the true value of any policy."""
