@@ -81,12 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         typer.echo("ecomrl: interrupted", err=True)
         return 130
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        show = getattr(exc, "show", None)
+        if callable(show) and hasattr(exc, "exit_code"):  # click/typer usage errors
+            show()
             return EXIT_USER_ERROR
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             return 130
         if debug:
             raise
