@@ -10,9 +10,12 @@ from ecomrl.runs import RunLockedError, run_lock, staged_directory
 
 
 def test_second_lock_on_the_same_runs_dir_fails(tmp_path: Path) -> None:
-    with run_lock(tmp_path), pytest.raises(RunLockedError, match="another ecomrl run"):
-        with run_lock(tmp_path):
-            pass
+    with (
+        run_lock(tmp_path),
+        pytest.raises(RunLockedError, match="another ecomrl run"),
+        run_lock(tmp_path),
+    ):
+        pass
     with run_lock(tmp_path):  # released after the block
         pass
 
