@@ -11,19 +11,28 @@ DEMO_OUT ?= runs/demo
 # spin-wait against each other (see offline_rl/README section on threads).
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test lint typecheck bench clean samples
+.PHONY: demo test lint typecheck bench clean samples system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.13.0" || $(PY) -m pip install --quiet "torch>=2.5"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,spark]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/ecomrl demo --out $(DEMO_OUT)
 
-test: $(STAMP)
+# The report's browser test needs Debian's chromium, the Spark engine's test a Java runtime.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium (Debian package)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
+	  || echo "warning: could not install chromium; the browser test will say how"; }
+	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime (Debian package)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless) >/dev/null \
+	  || echo "warning: could not install java; the Spark test will say how"; }
+
+test: $(STAMP) system-deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -n 2 --dist loadfile
