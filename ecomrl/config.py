@@ -21,11 +21,22 @@ from simulator.config import SimulatorConfig
 
 
 class RunConfig(BaseModel):
-    """The nightly job (``ecomrl run``): where runs are written."""
+    """The nightly job (``ecomrl run``): inputs, outputs, what the candidate is judged against."""
 
     model_config = ConfigDict(extra="forbid")
 
+    input: Path | None = None
+    """Root of the raw logs (``events/`` and ``orders/`` date partitions)."""
+    dataset: Path | None = None
+    """The transition dataset the nightly ETL keeps up to date (default: ``<runs_dir>/dataset``)."""
     runs_dir: Path = Path("runs")
+    """One folder per run date (``runs/D/``), plus the approvals record and the lock."""
+    eval_days: int = Field(7, ge=1)
+    """Episodes starting in the last ``eval_days`` days up to the run date are held out for OPE."""
+    bc_baseline: bool = True
+    """Also train behaviour cloning on the same data and evaluate it as a baseline."""
+    baselines: list[str] = Field(default_factory=lambda: ["rule:constant=0"])
+    """Rule baselines (policy SPECs as ``ecomrl evaluate --policy`` takes them)."""
 
 
 class EcomrlConfig(BaseModel):

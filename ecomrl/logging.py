@@ -13,6 +13,10 @@ import sys
 import structlog
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, level: str = "info", json: bool = False) -> None:
     """Route structlog and stdlib logging to stderr at ``level``."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -30,6 +34,8 @@ def configure_logging(*, level: str = "info", json: bool = False) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Look sys.stderr up when a logger is made, not now: a caller (pytest's capture, a
+        # notebook) may swap it after configuration.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )

@@ -1,1 +1,31 @@
-"""ETL: raw clickstream and order logs -> Parquet transition datasets."""
+"""ETL: raw clickstream and order logs -> Parquet transition datasets.
+
+Public API:
+
+- :func:`build_transitions` (in memory, pure) and :func:`run_etl` (files in, dataset out,
+  nightly ``date`` runs) returning an :class:`EtlResult` (transitions, quarantine, manifest);
+- :class:`ObservationBuilder`: the state builder as the simulator's rollout observation hook;
+- :func:`transform_partition` and :func:`global_inputs`: the core transform of one partition of
+  users and the global steps it needs, for other engines.
+"""
+
+from etl.config import EtlConfig
+from etl.core import GlobalInputs, PartitionOutput, global_inputs, transform_partition
+from etl.errors import EtlError
+from etl.features import FeatureSpec, ObservationBuilder, Scaling
+from etl.pipeline import EtlResult, build_transitions, run_etl
+
+__all__ = [
+    "EtlConfig",
+    "EtlError",
+    "EtlResult",
+    "FeatureSpec",
+    "GlobalInputs",
+    "ObservationBuilder",
+    "PartitionOutput",
+    "Scaling",
+    "build_transitions",
+    "global_inputs",
+    "run_etl",
+    "transform_partition",
+]

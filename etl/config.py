@@ -1,11 +1,166 @@
-"""Configuration of the ETL (the ``[etl]`` table of the TOML config)."""
+"""Configuration of the ETL (the ``[etl]`` table of the TOML config).
+
+Every field has a default, so ``[etl]`` may be omitted. Durations are given in the units their
+names say and turned into integer microseconds inside the ETL (Arrow-friendly, exact).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TimeUnit = Literal["s", "ms", "us", "ns"]
+
+
+class TableMapping(BaseModel):
+    """How one source table maps onto the raw-log schema (``docs/architecture.md``).
+
+    Applied in this order: ``rename`` (source name -> our name), ``constant`` (add a column with a
+    fixed value), ``cast`` (our name -> polars dtype name such as ``"Float64"`` or ``"String"``),
+    ``event_type_map`` (source event names -> ours; unmapped names are kept and usually end in
+    quarantine as ``unknown_event_type``), ``status_map`` (the same for order statuses), and
+    ``time_unit`` (integer timestamp columns are epoch values in that unit, UTC).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    rename: dict[str, str] = Field(default_factory=dict)
+    constant: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    cast: dict[str, str] = Field(default_factory=dict)
+    event_type_map: dict[str, str] = Field(default_factory=dict)
+    event_type_default: str | None = Field(
+        None, description="Event type for source names missing from event_type_map (e.g. 'other')."
+    )
+    status_map: dict[str, str] = Field(default_factory=dict)
+    event_id_from: list[str] = Field(
+        default_factory=list,
+        description=(
+            "For sources without an event id: build event_id from these source columns "
+            "(joined with '|'), so that verbatim re-sends still collapse as duplicates."
+        ),
+    )
+    time_unit: TimeUnit = "us"
+    naive_timezone: str | None = Field(
+        None,
+        description=(
+            "Time zone to assume for timestamps without one (e.g. 'UTC' for exports whose "
+            "timestamps are UTC by definition). None: such rows are quarantined."
+        ),
+    )
+
+
+class ColumnMapping(BaseModel):
+    """Column mapping of a source: one table mapping for events, one for orders."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "raw"
+    events: TableMapping = Field(default_factory=TableMapping)
+    orders: TableMapping = Field(default_factory=TableMapping)
+
+
+class BotRule(BaseModel):
+    """The rate rule that flags bot traffic (applied per session, causally).
+
+    A session turns "bot" at the first event that is the ``max_events_per_minute``+1-th event of
+    the session within one clock minute, or the ``max_events_per_session``+1-th event of the
+    session; that event and every later event of the session are dropped with reason ``bot``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_events_per_minute: int = Field(30, gt=0)
+    max_events_per_session: int = Field(500, gt=0)
+
+
+class RewardWeights(BaseModel):
+    """Weights of the ``weighted`` reward (the recommendation default)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    click: float = 1.0
+    add_to_cart: float = 2.0
+    purchase: float = 5.0
+    revenue: float = 0.0
 
 
 class EtlConfig(BaseModel):
     """How raw logs become transitions."""
 
     model_config = ConfigDict(extra="forbid")
+
+    scenario: Literal["promotion", "recommendation"] = "promotion"
+    episode_mode: Literal["auto", "promotion", "recommendation", "one_step"] = Field(
+        "auto", description="auto: 'promotion' for promotion logs, 'recommendation' for those."
+    )
+    action_space: Literal["auto", "discrete", "continuous"] = Field(
+        "auto", description="auto: continuous when the action column is numeric."
+    )
+    action_labels: list[str] | None = Field(
+        None,
+        description=(
+            "Discrete action labels in index order. None: the promotion tiers for promotion, "
+            "cat_00..cat_{n_categories-1} for recommendation."
+        ),
+    )
+    n_categories: int = Field(8, gt=0, description="K of the recommendation scenario.")
+    continuous_low: float = 0.0
+    continuous_high: float = 0.3
+
+    reward: Literal["auto", "net_margin", "revenue", "purchase", "weighted"] = Field(
+        "auto", description="auto: net_margin for promotion, weighted for recommendation."
+    )
+    reward_weights: RewardWeights = Field(default_factory=RewardWeights)
+    gamma: float = Field(0.9, gt=0.0, le=1.0)
+
+    # time rules
+    session_gap_minutes: float = Field(30.0, gt=0)
+    settlement_days: float = Field(14.0, ge=0)
+    attribution_window_hours: float = Field(
+        24.0, gt=0, description="Orders without a session go to the decision this far before."
+    )
+    max_lateness_days: float = Field(
+        2.0, ge=0, description="Rows arriving later than this after they happened are dropped."
+    )
+    horizon_days: float = Field(30.0, gt=0)
+    horizon_steps: int = Field(10, gt=0)
+    churn_days: float = Field(14.0, gt=0)
+    feature_window_days: float = Field(
+        28.0, gt=0, description="Features look back this far before the decision."
+    )
+
+    # validation
+    currencies: dict[str, float] = Field(
+        default_factory=lambda: {"EUR": 1.0},
+        description="Known currencies and their rate to the reporting currency.",
+    )
+    max_quarantine_share: float = Field(
+        0.05, ge=0.0, le=1.0, description="Fail the run when more rows than this go to quarantine."
+    )
+    bots: BotRule = Field(default_factory=BotRule)
+
+    # features
+    context_columns: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "device": ["mobile", "desktop", "app"],
+            "channel": ["direct", "search", "email", "social"],
+        },
+        description="Context columns of decision events, one-hot encoded over these values.",
+    )
+
+    # sources and engine
+    mapping: ColumnMapping | None = Field(None, description="Inline column mapping.")
+    mapping_name: str | None = Field(
+        None, description="A shipped mapping: 'ga4', 'snowplow' or 'retailrocket'."
+    )
+    scaling_from: str | None = Field(
+        None,
+        description=(
+            "A _manifest.json whose fitted scaling to reuse. None: reuse the output's manifest "
+            "when it has one, else fit on this run's decisions."
+        ),
+    )
+    n_buckets: int = Field(1, gt=0, description="User-hash buckets the local engine processes.")
+    engine: Literal["local"] = "local"

@@ -1,17 +1,183 @@
-"""Configuration of evaluation and approval (``[evaluate]`` and ``[approval]`` tables)."""
+"""Configuration of evaluation and approval (``[evaluate]`` and ``[approval]`` tables).
+
+Every estimator with knobs has its own small serialisable model here (d3rlpy style: a plain
+pydantic model that round-trips through TOML/JSON), composed into :class:`EvaluateConfig`.
+Every field has a default, so an empty ``[evaluate]`` table is valid.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+EstimatorName = Literal[
+    "on_policy",
+    "is",
+    "pdis",
+    "wis",
+    "wpdis",
+    "dr",
+    "wdr",
+    "dm",
+    "fqe",
+    "ipw",
+    "snipw",
+    "dr_bandit",
+    "sndr",
+    "dm_bandit",
+    "kernel_is",
+    "kernel_wis",
+    "kernel_dr",
+]
+
+DEFAULT_ESTIMATORS: tuple[EstimatorName, ...] = ("is", "pdis", "wis", "wpdis", "dr", "wdr", "dm")
 
 
-class EvaluateConfig(BaseModel):
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClippingConfig(_Model):
+    """Importance-weight clipping: off unless ``max_weight`` is set.
+
+    When set, every per-decision ratio ``pi_e / pi_b`` is capped at ``max_weight`` before the
+    cumulative products are taken; the report shows the unclipped estimate beside the clipped one.
+    """
+
+    max_weight: float | None = Field(None, gt=0)
+
+
+class DirectMethodConfig(_Model):
+    """Model-based direct method: fitted Q evaluation with a scikit-learn regressor.
+
+    ``model="ridge"`` regresses on ``[observation, 1] x one-hot(action)`` plus one-hot step
+    features (fast, linear); ``model="hgb"`` uses ``HistGradientBoostingRegressor`` on the
+    observation, the action and the step (non-linear, slower).
+    """
+
+    model: Literal["ridge", "hgb"] = "ridge"
+    n_iterations: int = Field(20, ge=1, description="Bellman backups (at most the horizon needed)")
+    ridge_alpha: float = Field(1.0, ge=0)
+    step_interactions: bool = Field(
+        False, description="Add observation x one-hot(step) features (finite-horizon Q)"
+    )
+    hgb_max_iter: int = Field(100, ge=1)
+    cross_fit_folds: int = Field(
+        1, ge=1, description="1: fit on all episodes; k: k-fold by episode"
+    )
+    max_fit_rows: int | None = Field(
+        None, ge=1000, description="Subsample this many decisions per Bellman backup"
+    )
+    seed: int = 0
+
+
+class FQEConfig(_Model):
+    """d3rlpy's (Discrete)FQE: a neural Q function of the candidate, trained by TD."""
+
+    enabled: bool = False
+    n_steps: int = Field(2000, ge=1)
+    n_steps_per_epoch: int = Field(500, ge=1)
+    learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(256, ge=1)
+    target_update_interval: int = Field(100, ge=1)
+    seed: int = 0
+
+
+class KernelConfig(_Model):
+    """Kernel smoothing for continuous actions (Kallus & Zhou 2018).
+
+    The bandwidth is ``bandwidth`` when set, else Silverman's rule on the logged actions:
+    ``h = bandwidth_scale * 1.06 * min(std, IQR / 1.34) * n ** (-1/5)``.
+    """
+
+    kernel: Literal["gaussian", "epanechnikov"] = "gaussian"
+    bandwidth: float | None = Field(None, gt=0)
+    bandwidth_scale: float = Field(1.0, gt=0)
+
+
+class BehaviourModelConfig(_Model):
+    """The behaviour-policy model that fills missing propensities (cross-fitted)."""
+
+    backend: Literal["offline_rl", "sklearn"] = Field(
+        "offline_rl", description="offline_rl's behaviour model, or evaluation's own fallback"
+    )
+    folds: int = Field(5, ge=2)
+    C: float = Field(1.0, gt=0, description="Inverse L2 strength of the logistic regression")
+    min_propensity: float = Field(1e-3, gt=0, lt=1, description="Floor on estimated propensities")
+    calibration_bins: int = Field(10, ge=2)
+    seed: int = 0
+
+
+class BootstrapConfig(_Model):
+    """Bootstrap over episodes: percentile and BCa intervals from the same resamples."""
+
+    n_resamples: int = Field(1000, ge=0, description="0 turns the bootstrap off")
+    method: Literal["percentile", "bca"] = "bca"
+    scheme: Literal["poisson", "multinomial"] = Field(
+        "poisson", description="Poisson(1) counts per episode (fast) or multinomial resampling"
+    )
+    chunk_size: int = Field(100, ge=1, description="Resamples drawn at once (memory bound)")
+    seed: int = 0
+
+
+class EvaluateConfig(_Model):
     """Which estimators to run and how to compute intervals."""
 
-    model_config = ConfigDict(extra="forbid")
+    estimators: list[EstimatorName] = Field(default_factory=lambda: list(DEFAULT_ESTIMATORS))
+    gamma: float | None = Field(
+        None, ge=0, le=1, description="Discount; None takes the manifest's gamma (else 0.9)"
+    )
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="Two-sided interval level")
+    primary_estimator: EstimatorName = Field(
+        "dr", description="The estimator whose lower bound the approval rule uses"
+    )
+    lower_bound: Literal["t", "bernstein", "bootstrap"] = Field(
+        "t", description="High-confidence lower bound of the primary estimator (Thomas 2015)"
+    )
+    lower_bound_delta: float = Field(0.05, gt=0, lt=0.5, description="One-sided error rate")
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    clipping: ClippingConfig = Field(default_factory=ClippingConfig)
+    direct: DirectMethodConfig = Field(default_factory=DirectMethodConfig)
+    fqe: FQEConfig = Field(default_factory=FQEConfig)
+    kernel: KernelConfig = Field(default_factory=KernelConfig)
+    behaviour_model: BehaviourModelConfig = Field(default_factory=BehaviourModelConfig)
+    support_threshold: float = Field(
+        0.01, gt=0, lt=1, description="A behaviour probability below this counts as unsupported"
+    )
 
 
-class ApprovalConfig(BaseModel):
-    """The approval rule's margin and diagnostic thresholds."""
+class ApprovalConfig(_Model):
+    """The approval rule's margin and diagnostic thresholds (see evaluation/README.md).
 
-    model_config = ConfigDict(extra="forbid")
+    A candidate is approved only when the lower confidence bound of its value exceeds the
+    behaviour policy's on-policy value by ``max(min_improvement, min_relative_improvement *
+    |behaviour value|)`` AND every diagnostic below passes.
+    """
+
+    min_improvement: float = Field(0.0, ge=0, description="Absolute margin over the behaviour")
+    min_relative_improvement: float = Field(
+        0.0, ge=0, description="Margin as a share of |behaviour value|"
+    )
+    min_ess_fraction: float = Field(
+        0.01, ge=0, le=1, description="Trajectory-weight ESS / number of episodes, at least"
+    )
+    min_ess: float = Field(100.0, ge=0, description="Trajectory-weight ESS, at least")
+    max_weight_share: float = Field(
+        0.05, gt=0, le=1, description="Largest trajectory weight / sum of weights, at most"
+    )
+    max_unsupported_share: float = Field(
+        0.05, ge=0, le=1, description="Candidate probability on barely-supported actions, at most"
+    )
+    max_clipping_effect_se: float = Field(
+        1.0, ge=0, description="|clipped - unclipped| in standard errors, at most"
+    )
+    max_family_spread_se: float = Field(
+        3.0, ge=0, description="Spread between estimator families in standard errors ..."
+    )
+    max_family_spread_relative: float = Field(
+        0.1, ge=0, description="... or as a share of |behaviour value|, whichever is larger"
+    )
+    max_calibration_error: float = Field(
+        0.05, ge=0, description="Estimated propensities: expected calibration error, at most"
+    )

@@ -1,0 +1,218 @@
+"""ETL speed and memory: the ETL against the floor of its I/O, and against plain pandas.
+
+    .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8] [--small]
+
+Simulates about N raw events (promotion scenario, the simulator's logging policy), writes them
+as raw-log Parquet partitions, then measures, each in a fresh subprocess (wall and CPU seconds,
+peak resident memory from ``wait4``'s ``ru_maxrss``):
+
+* ``etl``: :func:`etl.run_etl` (backfill) with each bucket count in ``--buckets``;
+* ``floor``: polars reading the same inputs, sorting the events by user and time, and writing as
+  many rows as the ETL wrote transitions (a lower bound for any ETL of these files);
+* ``pandas``: a straightforward pandas implementation of the same transform (dedup, identity
+  map, per-user windowed features with a loop over users, session attribution, episodes) on a
+  smaller input (``--pandas-events``), next to the polars ETL on that same input.
+
+Prints a table with events per second and the ETL / floor ratio. Timings taken on a shared
+machine vary by tens of percent; compare ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS_PER_USER = 27.0  # promotion logs of 28 days: about this many events per simulated user
+
+
+# ----------------------------------------------------------------------------- children
+def _child_etl(args: argparse.Namespace) -> dict[str, Any]:
+    from etl import EtlConfig, run_etl
+
+    res = run_etl(args.input, args.out, EtlConfig(n_buckets=args.buckets_one))
+    return {"transitions": res.transitions.height,
+            "events_in": res.counts["events"]["rows_in"],
+            "orders_in": res.counts["orders"]["rows_in"]}
+
+
+def _child_floor(args: argparse.Namespace) -> dict[str, Any]:
+    import polars as pl
+
+    events = pl.scan_parquet(Path(args.input) / "events" / "**" / "*.parquet")
+    orders = pl.scan_parquet(Path(args.input) / "orders" / "**" / "*.parquet")
+    ev, od = pl.collect_all([events, orders])
+    ev = ev.sort(pl.coalesce("user_id", "anonymous_id"), "event_ts")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ev.head(args.rows).write_parquet(out / "floor.parquet", compression="zstd")
+    return {"events_in": ev.height, "orders_in": od.height}
+
+
+def _child_pandas(args: argparse.Namespace) -> dict[str, Any]:
+    """The same transform, written the straightforward pandas way (one pass per user)."""
+    import numpy as np
+    import pandas as pd
+
+    root = Path(args.input)
+    ev = pd.concat([pd.read_parquet(p) for p in sorted((root / "events").rglob("*.parquet"))])
+    od = pd.concat([pd.read_parquet(p) for p in sorted((root / "orders").rglob("*.parquet"))])
+    n_in = len(ev)
+    ev = ev[ev["event_id"].notna() & ev["event_ts"].notna()]
+    ev = ev.sort_values(["ingest_ts", "event_id"]).drop_duplicates("event_id")
+    both = ev.dropna(subset=["user_id", "anonymous_id"]).sort_values("event_ts")
+    links = both.groupby("anonymous_id")["user_id"].first()
+    ev["user"] = ev["user_id"].fillna(ev["anonymous_id"].map(links))
+    ev["user"] = ev["user"].fillna("anon:" + ev["anonymous_id"].astype(str))
+    od["user"] = od["user_id"].fillna(od["anonymous_id"].map(links))
+    ev = ev.sort_values(["user", "event_ts", "event_id"])
+    window = np.timedelta64(28, "D")
+    rows = []
+    placed = od[od["status"] == "placed"].copy()
+    placed["net"] = placed["quantity"] * placed["unit_price"] - placed["discount_amount"]
+    orders_by_user = {u: g.sort_values("order_ts") for u, g in placed.groupby("user")}
+    for user, g in ev.groupby("user", sort=False):
+        ts = g["event_ts"].to_numpy()
+        etype = g["event_type"].to_numpy()
+        is_view = np.isin(etype, ["page_view", "view_item"])
+        is_cart = etype == "add_to_cart"
+        is_dec = etype == "decision"
+        uo = orders_by_user.get(user)
+        ots = uo["order_ts"].to_numpy() if uo is not None else np.array([], dtype=ts.dtype)
+        onet = uo["net"].to_numpy() if uo is not None else np.array([])
+        for i in np.flatnonzero(is_dec):
+            t = ts[i]
+            lo = np.searchsorted(ts, t - window, "left")
+            hi = np.searchsorted(ts, t, "left")
+            olo = np.searchsorted(ots, t - window, "left")
+            ohi = np.searchsorted(ots, t, "left")
+            rows.append((g["decision_id"].iat[i], user, g["session_id"].iat[i], t,
+                         hi - lo, is_view[lo:hi].sum(), is_cart[lo:hi].sum(),
+                         is_dec[lo:hi].sum(), ohi - olo, onet[olo:ohi].sum()))
+    dec = pd.DataFrame(rows, columns=["decision_id", "user", "session_id", "decision_ts",
+                                      "n_events", "n_views", "n_carts", "n_offers", "n_orders",
+                                      "monetary"])
+    # reward: session's placed lines minus reversals within 14 days
+    placed["parts"] = placed["margin"] - placed["discount_amount"]
+    per_session = placed.groupby("session_id")["parts"].sum()
+    rev = od[od["status"] != "placed"].merge(
+        placed[["order_id", "line_no", "session_id"]].rename(columns={"order_id": "parent"}),
+        left_on=["parent_order_id", "line_no"], right_on=["parent", "line_no"],
+        suffixes=("", "_p"))
+    rev = rev.merge(dec[["session_id", "decision_ts"]], left_on="session_id_p",
+                    right_on="session_id", suffixes=("", "_d"))
+    rev = rev[rev["order_ts"] <= rev["decision_ts"] + np.timedelta64(14, "D")]
+    returns = (rev["margin"] - rev["discount_amount"]).groupby(rev["session_id_p"]).sum()
+    dec["reward"] = dec["session_id"].map(per_session).fillna(0.0) - dec["session_id"].map(
+        returns).fillna(0.0)
+    dec = dec.sort_values(["user", "decision_ts"])
+    dec["step"] = dec.groupby("user").cumcount() % 10
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    dec.to_parquet(out / "pandas.parquet")
+    return {"transitions": len(dec), "events_in": n_in,
+            "rewards": dict(zip(dec["decision_id"], dec["reward"].round(6), strict=True))}
+
+
+# ----------------------------------------------------------------------------- driver
+def _measure(mode: str, input_dir: Path, out: Path, **extra: Any) -> dict[str, Any]:
+    """Run a child in a fresh process; wall/CPU seconds and peak RSS (MiB) from wait4."""
+    cmd = [sys.executable, "-m", "benchmarks.etl_bench", "--child", mode,
+           "--input", str(input_dir), "--out", str(out)]
+    for key, value in extra.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    result_file = out.with_suffix(".json")
+    cmd += ["--result", str(result_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} child failed:\n{err[-3000:]}")
+    info: dict[str, Any] = json.loads(result_file.read_text())
+    info.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_mib=usage.ru_maxrss / 1024)
+    return info
+
+
+def _simulate(n_events: int, root: Path) -> int:
+    from simulator.config import SimulatorConfig
+    from simulator.logs import simulate, write_raw_logs
+
+    n_users = max(50, round(n_events / EVENTS_PER_USER))
+    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0))
+    write_raw_logs(logs, root, truth=False)
+    return logs.events.height
+
+
+def _row(name: str, info: dict[str, Any], events: int, floor: float | None) -> str:
+    ratio = f"{info['wall'] / floor:6.2f}" if floor else "     -"
+    return (f"{name:<22} {events:>10,} {info['wall']:>8.2f} {info['cpu']:>8.2f} "
+            f"{info['rss_mib']:>9.0f} {events / info['wall']:>12,.0f} {ratio}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one measured step)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--events", type=int, default=1_000_000, help="raw events to simulate")
+    p.add_argument("--buckets", default="1,8", help="bucket counts to run, comma-separated")
+    p.add_argument("--pandas-events", type=int, default=100_000,
+                   help="input size of the pandas comparison (0: skip)")
+    p.add_argument("--small", action="store_true", help="quick run: 100k events, 20k for pandas")
+    p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
+    p.add_argument("--child", choices=["etl", "floor", "pandas"], help=argparse.SUPPRESS)
+    p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--buckets-one", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        fn = {"etl": _child_etl, "floor": _child_floor, "pandas": _child_pandas}[args.child]
+        args.result.write_text(json.dumps(fn(args), default=str))
+        return 0
+
+    if args.small:
+        args.events, args.pandas_events = 100_000, 20_000
+    buckets = [int(b) for b in args.buckets.split(",") if b]
+    with tempfile.TemporaryDirectory(prefix="etl_bench_") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        n_events = _simulate(args.events, work / "raw")
+        print(f"simulated {n_events:,} events in {time.perf_counter() - t0:.1f} s "
+              f"(machine: {os.cpu_count()} cores, shared)")
+        print(f"{'run':<22} {'events':>10} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} "
+              f"{'events/s':>12} {'/floor':>6}")
+        etl_runs = {b: _measure("etl", work / "raw", work / f"etl{b}", buckets_one=b)
+                    for b in buckets}
+        n_rows = next(iter(etl_runs.values()))["transitions"]
+        floor = _measure("floor", work / "raw", work / "floor", rows=n_rows)
+        print(_row("floor (read+sort+write)", floor, n_events, None))
+        for b, info in etl_runs.items():
+            print(_row(f"etl, {b} bucket(s)", info, n_events, floor["wall"]))
+        print(f"transitions written: {n_rows:,}")
+
+        if args.pandas_events:
+            m = _simulate(args.pandas_events, work / "raw_small")
+            small_etl = _measure("etl", work / "raw_small", work / "etl_small", buckets_one=1)
+            pandas = _measure("pandas", work / "raw_small", work / "pandas")
+            print(_row("etl (pandas-size input)", small_etl, m, None))
+            print(_row("pandas, straightforward", pandas, m, None))
+            print(f"pandas / etl wall time: {pandas['wall'] / small_etl['wall']:.1f}x "
+                  f"on {m:,} events")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

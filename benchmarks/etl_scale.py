@@ -1,0 +1,196 @@
+"""ETL at scale: the local engine with 1 and 8 user buckets against the Spark engine (local mode).
+
+    .venv/bin/python -m benchmarks.etl_scale [--small] [--events 1000000,10000000]
+                                             [--buckets 1,8] [--master local[2]] [--no-spark]
+
+For each input size, simulates about N raw events (promotion scenario, 28 days), writes them as
+raw-log Parquet partitions, then runs each engine in a fresh subprocess:
+
+* ``local``: :func:`etl.run_etl` (backfill) per bucket count; wall and CPU seconds (user +
+  system) and peak resident memory of the process, from ``wait4``'s ``ru_maxrss``;
+* ``spark``: :func:`etl.spark_engine.run_etl_spark` with ``--master``; start-up is measured
+  apart: ``startup`` (JVM and Spark session) and ``warm-up`` (the first Python task: worker
+  start and imports), then the ETL itself, with its steps. CPU seconds add the driver process
+  and, through psutil, the JVM and the Python workers (their own and their reaped children's
+  time); memory is the driver's peak plus the JVM's resident set at the end.
+
+Checks that the Spark run's manifest counts equal the local run's (the exact equality of every
+row is a test: ``tests/etl/test_spark_engine.py``). Figures on a shared machine vary by tens of
+percent; compare ratios from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+EVENTS_PER_USER = 32.0  # promotion logs of 28 days: about this many events per simulated user
+
+
+# ----------------------------------------------------------------------------- children
+def _child_local(args: argparse.Namespace) -> dict[str, Any]:
+    from etl import EtlConfig, run_etl
+
+    res = run_etl(args.input, args.out, EtlConfig(n_buckets=args.buckets_one))
+    return {"transitions": res.transitions.height, "counts": res.counts}
+
+
+def _tree_cpu_and_rss() -> tuple[float, float]:
+    """CPU seconds and resident MiB of this process's descendants (JVM, Python workers)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil ships with the dev environment
+        return float("nan"), float("nan")
+    cpu = rss = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            cpu += t.user + t.system + t.children_user + t.children_system
+            rss += child.memory_info().rss / 2**20
+        except psutil.Error:
+            continue
+    return cpu, rss
+
+
+def _child_spark(args: argparse.Namespace) -> dict[str, Any]:
+    import pyarrow as pa
+
+    from etl import EtlConfig
+    from etl.spark_engine import SparkConfig, map_partitions, run_etl_spark, spark_session
+
+    settings = SparkConfig(
+        master=args.master,
+        partitions=args.partitions,
+        fast_start=False,
+        conf={"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+              "spark.driver.memory": args.driver_memory,
+              "spark.sql.shuffle.partitions": str(args.partitions)},
+    )
+    t0 = time.perf_counter()
+    spark = spark_session(settings)
+    t1 = time.perf_counter()
+    schema = pa.schema([pa.field("id", pa.int64())])
+    map_partitions(spark.range(0, 10, numPartitions=1), lambda t: t, schema).count()
+    t2 = time.perf_counter()
+    timings: dict[str, float] = {}
+    res = run_etl_spark(args.input, args.out, EtlConfig(), spark=spark, settings=settings,
+                        collect=False, timings=timings)
+    t3 = time.perf_counter()
+    tree_cpu, jvm_rss = _tree_cpu_and_rss()
+    spark.stop()
+    return {"startup": t1 - t0, "warmup": t2 - t1, "etl": t3 - t2, "steps": timings,
+            "tree_cpu": tree_cpu, "jvm_rss_mib": jvm_rss, "counts": res.counts}
+
+
+# ----------------------------------------------------------------------------- driver
+def _measure(mode: str, input_dir: Path, out: Path, **extra: Any) -> dict[str, Any]:
+    """Run a child in a fresh process; wall/CPU seconds and peak RSS (MiB) from wait4."""
+    cmd = [sys.executable, "-m", "benchmarks.etl_scale", "--child", mode,
+           "--input", str(input_dir), "--out", str(out)]
+    for key, value in extra.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    result_file = out.with_suffix(".json")
+    cmd += ["--result", str(result_file)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    assert proc.stderr is not None
+    err = proc.stderr.read().decode(errors="replace")  # drain before waiting (no pipe stall)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{mode} child failed:\n{err[-3000:]}")
+    info: dict[str, Any] = json.loads(result_file.read_text())
+    info.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_mib=usage.ru_maxrss / 1024)
+    return info
+
+
+def _simulate(n_events: int, root: Path) -> int:
+    from simulator.config import SimulatorConfig
+    from simulator.logs import simulate, write_raw_logs
+
+    n_users = max(50, round(n_events / EVENTS_PER_USER))
+    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0))
+    write_raw_logs(logs, root, truth=False)
+    return logs.events.height
+
+
+def _row(name: str, events: int, wall: float, cpu: float, mib: float, note: str = "") -> str:
+    return (f"{name:<28} {events:>11,} {wall:>8.1f} {cpu:>8.1f} {mib:>9.0f} "
+            f"{events / wall:>11,.0f}  {note}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark (or, with ``--child``, one measured run)."""
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--events", default="1000000",
+                   help="raw event counts to simulate, comma-separated (e.g. 1000000,10000000)")
+    p.add_argument("--buckets", default="1,8", help="local bucket counts, comma-separated")
+    p.add_argument("--master", default="local[2]", help="Spark master URL")
+    p.add_argument("--partitions", type=int, default=8, help="Spark user partitions")
+    p.add_argument("--driver-memory", default="4g", help="spark.driver.memory")
+    p.add_argument("--no-spark", action="store_true", help="local engine only")
+    p.add_argument("--small", action="store_true", help="quick run: 100k events")
+    p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
+    p.add_argument("--child", choices=["local", "spark"], help=argparse.SUPPRESS)
+    p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--buckets-one", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.child:
+        fn = {"local": _child_local, "spark": _child_spark}[args.child]
+        args.result.write_text(json.dumps(fn(args), default=str))
+        return 0
+
+    sizes = [100_000] if args.small else [int(n) for n in args.events.split(",") if n]
+    buckets = [int(b) for b in args.buckets.split(",") if b]
+    with tempfile.TemporaryDirectory(prefix="etl_scale_") as tmp:
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"machine: {os.cpu_count()} cores (shared with other jobs: figures are noisy)")
+        header = (f"{'run':<28} {'events':>11} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} "
+                  f"{'events/s':>11}")
+        for size in sizes:
+            t0 = time.perf_counter()
+            raw = work / f"raw_{size}"
+            n_events = _simulate(size, raw)
+            print(f"\nsimulated {n_events:,} events in {time.perf_counter() - t0:.1f} s")
+            print(header)
+            local = {b: _measure("local", raw, work / f"local_{size}_{b}", buckets_one=b)
+                     for b in buckets}
+            for b, info in local.items():
+                print(_row(f"local, {b} bucket(s)", n_events, info["wall"], info["cpu"],
+                           info["rss_mib"]))
+            if args.no_spark:
+                continue
+            sp = _measure("spark", raw, work / f"spark_{size}", master=args.master,
+                          partitions=args.partitions, driver_memory=args.driver_memory)
+            cpu = sp["cpu"] + sp["tree_cpu"]
+            mem = sp["rss_mib"] + sp["jvm_rss_mib"]
+            print(_row(f"spark {args.master}, all", n_events, sp["wall"], cpu, mem,
+                       "process wall incl. JVM start; cpu: driver + JVM + workers"))
+            print(_row("  spark ETL only", n_events, sp["etl"], float("nan"), float("nan"),
+                       f"startup {sp['startup']:.1f} s + first-task warm-up "
+                       f"{sp['warmup']:.1f} s excluded"))
+            steps = ", ".join(f"{k} {v:.1f}" for k, v in sp["steps"].items())
+            print(f"  spark steps (s): {steps}")
+            base = local[min(local)]
+            same = sp["counts"] == base["counts"]
+            print(f"  spark ETL / local {min(local)} bucket(s) wall: "
+                  f"{sp['etl'] / base['wall']:.1f}x; manifest counts identical: "
+                  f"{'yes' if same else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""Does it learn? Trained agents against the logging policy, online in the simulator.
+
+    .venv/bin/python -m benchmarks.train_learns [--small] [--continuous-only|--discrete-only]
+
+For each of three seeds: simulate the promotion scenario's logs under the default logging
+policy (``--users`` users), run the ETL in memory, train DiscreteCQL, DiscreteBCQ and DiscreteBC
+(discrete tiers) and CQL and BCQ (continuous discount rate) with the ``[train]`` defaults
+(``--steps`` gradient steps), then roll every policy out online in the simulator on fresh
+users (the ETL's ``ObservationBuilder`` as the observation hook, so the agent sees the
+features it was trained on) and report its true value (mean discounted return per episode,
+gamma 0.9) with the rollout's 95 % CI, beside the logging policy's on the same users.
+
+The summary line per agent: mean over seeds of (agent - logging) with a t-interval over the
+three seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from etl.config import EtlConfig
+from etl.features import ObservationBuilder
+from etl.pipeline import build_transitions
+from offline_rl.artifacts import load_policy
+from offline_rl.config import TrainConfig
+from offline_rl.data import TransitionManifest
+from offline_rl.response import ResponseModel
+from offline_rl.train import train_on_frame
+from simulator import SimulatorConfig, constant_action, logging_policy, rollout, simulate
+
+DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
+CONTINUOUS = ("cql", "bcq")
+
+
+def _train_config(
+    agent: str,
+    steps: int,
+    seed: int,
+    hidden: list[int] | None,
+    overrides: dict[str, Any] | None = None,
+) -> TrainConfig:
+    table: dict[str, Any] = dict(overrides or {})
+    if hidden is not None:
+        table["hidden_units"] = hidden
+    return TrainConfig.model_validate(
+        {
+            "agent": agent,
+            "n_steps": steps,
+            "seed": seed,
+            "checkpoint_every": steps,
+            "log_every": max(steps // 20, 1),
+            "split": "none",
+            agent: table,
+        }
+    )
+
+
+class GreedyResponse:
+    """Diagnostic policy: the tier with the highest predicted immediate reward (myopic)."""
+
+    def __init__(self, model: ResponseModel) -> None:
+        self.model = model
+
+    def predict(self, observations: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_all_actions(observations).argmax(axis=1))
+
+
+def run_space(
+    space: str,
+    agents: tuple[str, ...],
+    *,
+    diagnostics: bool = False,
+    users: int,
+    eval_users: int,
+    steps: int,
+    seeds: list[int],
+    hidden: list[int] | None,
+    out: Path,
+) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {"logging": []}
+    for seed in seeds:
+        sim = SimulatorConfig(n_users=users, seed=seed, action_space=space)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        logs = simulate(sim)
+        etl = build_transitions(logs.events, logs.orders, EtlConfig())
+        manifest = TransitionManifest.from_dict(etl.manifest)
+        hook = ObservationBuilder.from_manifest(etl.manifest)
+        print(
+            f"[{space} seed {seed}] logs: {etl.transitions.height} decisions, "
+            f"{etl.transitions['episode_id'].n_unique()} episodes "
+            f"({time.perf_counter() - t0:.0f}s)",
+            flush=True,
+        )
+        eval_seed = 10_000 + seed
+        base = rollout(logging_policy(sim), sim, n_users=eval_users, seed=eval_seed)
+        results["logging"].append({"value": base.value, "lo": base.ci_low, "hi": base.ci_high})
+        print(f"  logging      {base.value:8.3f}  [{base.ci_low:7.3f}, {base.ci_high:7.3f}]")
+        observations = np.asarray(etl.transitions["observation"].to_numpy(), dtype=np.float32)
+        logged = etl.transitions["action"].to_numpy()
+        if space == "discrete":
+            shares = np.bincount(logged, minlength=manifest.action_size) / len(logged)
+            print("  logged mix   " + "/".join(f"{x:.2f}" for x in shares))
+        constants = range(manifest.action_size) if space == "discrete" else (0.0, 0.05, 0.1)
+        for action in constants:
+            ref = rollout(constant_action(action), sim, n_users=eval_users, seed=eval_seed)
+            mean, half = _paired(ref, base)
+            name = f"always {action}"
+            results.setdefault(name, []).append(
+                {
+                    "value": ref.value,
+                    "lo": ref.ci_low,
+                    "hi": ref.ci_high,
+                    "diff": ref.value - base.value,
+                }
+            )
+            print(
+                f"  {name:<12} {ref.value:8.3f}  [{ref.ci_low:7.3f}, {ref.ci_high:7.3f}]  "
+                f"diff {ref.value - base.value:+7.3f} (paired {mean:+.3f} +- {half:.3f})"
+            )
+        extra: list[tuple[str, str, dict[str, Any]]] = []
+        if diagnostics and space == "discrete":
+            # sensitivity lines, labelled as such: not the check's configuration
+            extra.append(("cql_alpha0.1", "discrete_cql", {"alpha": 0.1}))
+            response = ResponseModel.for_manifest(manifest).fit_frame(etl.transitions)
+            greedy = rollout(
+                GreedyResponse(response),
+                sim,
+                observation_hook=hook,
+                n_users=eval_users,
+                seed=eval_seed,
+            )
+            mean, half = _paired(greedy, base)
+            results.setdefault("greedy_response", []).append(
+                {"value": greedy.value, "diff": greedy.value - base.value}
+            )
+            mix = np.bincount(
+                GreedyResponse(response).predict(observations), minlength=manifest.action_size
+            ) / len(observations)
+            print(
+                f"  {'greedy_resp':<12} {greedy.value:8.3f}  [{greedy.ci_low:7.3f}, "
+                f"{greedy.ci_high:7.3f}]  diff {greedy.value - base.value:+7.3f} (paired "
+                f"{mean:+.3f} +- {half:.3f})  mix " + "/".join(f"{x:.2f}" for x in mix)
+            )
+        runs = [(agent, agent, {}) for agent in agents] + extra
+        for label, agent, overrides in runs:
+            t1 = time.perf_counter()
+            trained = train_on_frame(
+                etl.transitions,
+                manifest,
+                out / f"{space}_{seed}_{label}",
+                _train_config(agent, steps, seed, hidden, overrides),
+                progress=False,
+            )
+            policy = load_policy(trained.artifact)
+            t2 = time.perf_counter()
+            res = rollout(policy, sim, observation_hook=hook, n_users=eval_users, seed=eval_seed)
+            mean, half = _paired(res, base)
+            results.setdefault(label, []).append(
+                {
+                    "value": res.value,
+                    "lo": res.ci_low,
+                    "hi": res.ci_high,
+                    "diff": res.value - base.value,
+                }
+            )
+            print(
+                f"  {label:<12} {res.value:8.3f}  [{res.ci_low:7.3f}, {res.ci_high:7.3f}]  "
+                f"diff {res.value - base.value:+7.3f} (paired {mean:+.3f} +- {half:.3f})  "
+                f"{_action_mix(policy, observations)}  (train {t2 - t1:.0f}s at "
+                f"{trained.updates_per_second:.0f}/s, rollout {time.perf_counter() - t2:.0f}s)",
+                flush=True,
+            )
+    return results
+
+
+def _paired(res: Any, base: Any) -> tuple[float, float]:
+    """Mean and 95 % half-width of the per-episode difference, episodes paired by id (the same
+    rollout seed gives the same users, so both policies meet the same people)."""
+    joined = res.returns.join(base.returns, on="episode_id", how="inner", suffix="_base")
+    diff = (joined["discounted"] - joined["discounted_base"]).to_numpy()
+    if diff.size < 2:
+        return math.nan, math.nan
+    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / math.sqrt(diff.size))
+
+
+def _action_mix(policy: Any, observations: np.ndarray) -> str:
+    """What the policy does on the logged states: tier shares, or the mean rate."""
+    actions = policy.predict(observations)
+    if policy.discrete:
+        shares = np.bincount(actions, minlength=policy.n_actions) / max(len(actions), 1)
+        return "mix " + "/".join(f"{x:.2f}" for x in shares)
+    return f"mean rate {float(np.mean(actions)):.3f} (sd {float(np.std(actions)):.3f})"
+
+
+def summarise(space: str, results: dict[str, list[dict[str, float]]]) -> None:
+    print(
+        f"\n{space}: true value per episode (gamma 0.9), mean over {len(results['logging'])} seeds"
+    )
+    print(f"{'policy':<14}{'value':>9}{'diff vs logging':>17}{'95% t-CI of diff':>22}")
+    base = np.array([r["value"] for r in results["logging"]])
+    print(f"{'logging':<14}{base.mean():>9.3f}")
+    for agent, rows in results.items():
+        if agent == "logging":
+            continue
+        diffs = np.array([r["diff"] for r in rows])
+        n = len(diffs)
+        half = stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n) if n > 1 else math.nan
+        value = np.mean([r["value"] for r in rows])
+        print(
+            f"{agent:<14}{value:>9.3f}{diffs.mean():>+17.3f}"
+            f"{f'[{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]':>22}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="fewer users and steps")
+    parser.add_argument("--users", type=int, default=None, help="users in the training logs")
+    parser.add_argument("--eval-users", type=int, default=None, help="users per rollout")
+    parser.add_argument("--steps", type=int, default=None, help="gradient steps (discrete)")
+    parser.add_argument("--continuous-steps", type=int, default=None)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--discrete-only", action="store_true")
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also roll out a myopic response-model policy and DiscreteCQL with alpha 0.1",
+    )
+    parser.add_argument("--continuous-only", action="store_true")
+    parser.add_argument(
+        "--continuous-hidden",
+        type=int,
+        nargs="*",
+        default=None,
+        help="hidden units of the continuous agents' networks (default d3rlpy's 256 256)",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    users = args.users or (2_000 if args.small else 5_000)
+    eval_users = args.eval_users or (2_000 if args.small else 5_000)
+    steps = args.steps or (3_000 if args.small else 10_000)
+    c_steps = args.continuous_steps or (300 if args.small else 2_000)
+    seeds = list(range(args.seeds))
+    print(
+        f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
+        f"continuous_steps={c_steps} seeds={seeds} torch_threads=1"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.continuous_only:
+            res = run_space(
+                "discrete",
+                DISCRETE,
+                users=users,
+                eval_users=eval_users,
+                steps=steps,
+                seeds=seeds,
+                hidden=None,
+                out=Path(tmp),
+            )
+            summarise("discrete", res)
+        if not args.discrete_only:
+            res = run_space(
+                "continuous",
+                CONTINUOUS,
+                users=users,
+                eval_users=eval_users,
+                steps=c_steps,
+                seeds=seeds,
+                hidden=args.continuous_hidden,
+                out=Path(tmp),
+            )
+            summarise("continuous", res)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

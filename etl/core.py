@@ -1,0 +1,429 @@
+"""The core transform: one partition of users' raw rows -> their transitions and quarantine.
+
+:func:`transform_partition` is a pure function of polars frames (no file I/O, no global state):
+the local engine runs it once over all users or once per user-hash bucket, and a distributed
+engine can run the very same function per partition (e.g. inside Spark's ``mapInArrow``). The
+few global inputs are computed once, over all valid rows, by :func:`global_inputs`: the identity
+map, the duplicate rows to drop, the end of the data and (optionally) a fitted scaling.
+
+Stages inside, in order: validate (quarantine, one reason per row) -> drop duplicates ->
+drop rows later than the lateness rule -> stitch identities -> sessionise -> bot rule ->
+episodes (over every decision in the partition) -> for the decisions to output: features as of
+the decision, attribution and reward -> transition rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from etl.attribute import attribute
+from etl.clean import (
+    SESSION,
+    USER,
+    bot_flag,
+    duplicate_rows,
+    identity_links,
+    sessionise,
+    too_late,
+    with_user,
+)
+from etl.config import EtlConfig
+from etl.episodes import episodes
+from etl.features import FeatureSpec, Scaling, raw_features
+from etl.io import TableMapping, _parse_ts
+from etl.schema import (
+    EVENT_COLUMNS,
+    NAIVE_TS,
+    ORDER_COLUMNS,
+    PART_DATE,
+    QUARANTINE_SCHEMA,
+    ROW_NR,
+    SOURCE_FILE,
+    TS,
+)
+from etl.validate import (
+    ACTION_IDX,
+    ACTION_VAL,
+    REASON,
+    ActionSpace,
+    encode_action,
+    event_reason,
+    order_reason,
+    quarantine_rows,
+)
+
+DROP = "_drop"
+RAW_OBS = "_raw_obs"
+COUNT_SCHEMA: dict[str, pl.DataType] = {
+    "table": pl.String(),
+    "date": pl.Date(),
+    "outcome": pl.String(),  # used | quarantined | dropped
+    "reason": pl.String(),
+    "n": pl.Int64(),
+}
+
+
+@dataclass
+class GlobalInputs:
+    """The small inputs every partition shares, computed once over all users."""
+
+    space: ActionSpace
+    links: pl.DataFrame
+    duplicates: pl.DataFrame
+    data_end_us: int
+    scaling: Scaling | None = None
+    output_dates: tuple[dt.date, dt.date] | None = None  # decision dates to emit (inclusive)
+    count_dates: tuple[dt.date, dt.date] | None = None  # partition dates to account for
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class PartitionOutput:
+    """What a partition gives back: its transitions, quarantine rows and row counts."""
+
+    transitions: pl.DataFrame
+    quarantine: pl.DataFrame
+    counts: pl.DataFrame
+
+
+def normalize_frame(
+    frame: pl.DataFrame, table: str, config: EtlConfig, space: ActionSpace,
+    *, source: str | None = None,
+) -> pl.DataFrame:
+    """An in-memory raw-log frame in the canonical schema, with source columns and action codes.
+
+    For frames that already follow the raw-log schema (the simulator's, a test's); files go
+    through :func:`etl.io.scan_table`, which also applies the column mapping.
+    """
+    columns = EVENT_COLUMNS if table == "events" else ORDER_COLUMNS
+    exprs: list[pl.Expr] = []
+    naive: list[pl.Expr] = []
+    for col, target in columns.items():
+        if col not in frame.columns:
+            exprs.append(pl.lit(None, dtype=target).alias(col))
+        elif target == TS:
+            parsed, flag = _parse_ts(col, frame.schema[col], TableMapping())
+            exprs.append(parsed.alias(col))
+            naive.append(flag)
+        else:
+            exprs.append(pl.col(col).cast(target, strict=False))
+    if table == "events":
+        if "action" in frame.columns:
+            kind = pl.Float64 if space.continuous else pl.String
+            exprs.append(pl.col("action").cast(kind, strict=False))
+        else:
+            exprs.append(pl.lit(None, dtype=pl.Float64 if space.continuous else pl.String)
+                         .alias("action"))
+        for ctx in config.context_columns:
+            exprs.append(pl.col(ctx).cast(pl.String) if ctx in frame.columns
+                         else pl.lit(None, dtype=pl.String).alias(ctx))
+    ts_col = "event_ts" if table == "events" else "order_ts"
+    out = frame.select(
+        *exprs,
+        (pl.any_horizontal(naive) if naive else pl.lit(False)).fill_null(False).alias(NAIVE_TS),
+        pl.lit(source or f"<memory:{table}>").alias(SOURCE_FILE),
+        pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias(ROW_NR),
+    )
+    out = out.with_columns(
+        pl.coalesce(pl.col("ingest_ts"), pl.col(ts_col)).dt.date().alias(PART_DATE)
+    )
+    return with_codes(out, table, space)
+
+
+def with_codes(frame: pl.DataFrame, table: str, space: ActionSpace) -> pl.DataFrame:
+    """Add the action codes (events) the validation and features need."""
+    if table == "events" and ACTION_IDX not in frame.columns:
+        return frame.with_columns(encode_action(space))
+    return frame
+
+
+def _fx(config: EtlConfig) -> pl.Expr:
+    rates = config.currencies
+    return (
+        pl.col("currency")
+        .replace_strict(list(rates), list(rates.values()), default=None, return_dtype=pl.Float64)
+        .fill_null(1.0)
+        .alias("_fx")
+    )
+
+
+def _drop_duplicates(frame: pl.DataFrame, table: str, duplicates: pl.DataFrame | None,
+                     config: EtlConfig) -> pl.Expr:
+    if duplicates is None:
+        dups = duplicate_rows(
+            frame.lazy() if table == "events" else _empty_events(),
+            frame.lazy() if table == "orders" else _empty_orders(),
+        ).collect()
+    else:
+        dups = duplicates
+    dups = dups.filter(pl.col("source_table") == table)
+    keys = dups.select(pl.concat_str([SOURCE_FILE, pl.col(ROW_NR).cast(pl.String)],
+                                     separator="\x00").alias("_k"))["_k"]
+    row_key = pl.concat_str([SOURCE_FILE, pl.col(ROW_NR).cast(pl.String)], separator="\x00")
+    return row_key.is_in(keys.implode())
+
+
+def _empty_events() -> pl.LazyFrame:
+    return pl.LazyFrame(schema={**EVENT_COLUMNS, SOURCE_FILE: pl.String, ROW_NR: pl.Int64})
+
+
+def _empty_orders() -> pl.LazyFrame:
+    return pl.LazyFrame(schema={**ORDER_COLUMNS, SOURCE_FILE: pl.String, ROW_NR: pl.Int64})
+
+
+def prepare_events(
+    events: pl.DataFrame, links: pl.DataFrame, config: EtlConfig,
+    duplicates: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Valid events -> cleaned events with ``_user``, ``_session_key``, ``_fx`` and ``_drop``.
+
+    ``_drop`` is null for rows that are used, else the reason they are dropped
+    (``duplicate_event_id``, ``too_late``, ``bot``). Row order is not meaningful.
+    """
+    dup = _drop_duplicates(events, "events", duplicates, config)
+    ev = events.with_columns(
+        pl.when(dup).then(pl.lit("duplicate_event_id"))
+        .when(too_late("event_ts", config)).then(pl.lit("too_late"))
+        .otherwise(pl.lit(None, dtype=pl.String)).alias(DROP),
+        _fx(config),
+    )
+    ev = with_user(ev, links)
+    kept = sessionise(ev.filter(pl.col(DROP).is_null()), config)
+    kept = kept.with_columns(
+        pl.when(bot_flag(kept, config)).then(pl.lit("bot")).otherwise(pl.lit(None, pl.String))
+        .alias(DROP)
+    )
+    gone = ev.filter(pl.col(DROP).is_not_null()).with_columns(
+        pl.lit(None, dtype=pl.String).alias(SESSION)
+    )
+    return pl.concat([kept, gone.select(kept.columns)])
+
+
+def prepare_orders(
+    orders: pl.DataFrame, links: pl.DataFrame, config: EtlConfig,
+    duplicates: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """Valid order lines -> with ``_user``, ``_fx`` and ``_drop`` (``duplicate_order_line``,
+    ``too_late``)."""
+    dup = _drop_duplicates(orders, "orders", duplicates, config)
+    od = orders.with_columns(
+        pl.when(dup).then(pl.lit("duplicate_order_line"))
+        .when(too_late("order_ts", config)).then(pl.lit("too_late"))
+        .otherwise(pl.lit(None, dtype=pl.String)).alias(DROP),
+        _fx(config),
+        pl.col("status").fill_null("placed"),
+    )
+    return with_user(od, links)
+
+
+def prepare_decisions(events: pl.DataFrame) -> pl.DataFrame:
+    """The decision rows among cleaned events."""
+    return events.filter(pl.col("event_type") == "decision")
+
+
+def history_and_pending(
+    events: pl.DataFrame, orders: pl.DataFrame, pending: pl.DataFrame,
+    config: EtlConfig, space: ActionSpace,
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """For the online hook: raw rows so far and pending decisions -> (history events, history
+    orders, pending decisions with session keys, identity links), cleaned as the ETL cleans."""
+    ev = normalize_frame(events, "events", config, space)
+    od = normalize_frame(orders, "orders", config, space)
+    pend = normalize_frame(pending, "events", config, space, source="<pending>")
+    ev = ev.filter(event_reason(config, space).is_null())
+    od = od.filter(order_reason(config).is_null())
+    ev, od = _relevant(ev, od, pend)
+    links = identity_links(ev.lazy(), od.lazy()).collect()
+    both = pl.concat([ev.with_columns(pl.lit(False).alias("_pending")),
+                      pend.with_columns(pl.lit(True).alias("_pending"))])
+    # duplicates only among the history; the pending rows are never dropped
+    dups = duplicate_rows(ev.lazy(), od.lazy()).collect()
+    prepped = prepare_events(both, links, config, dups)
+    history = prepped.filter(~pl.col("_pending") & pl.col(DROP).is_null())
+    dec = prepped.filter(pl.col("_pending")).sort(ROW_NR)
+    od_clean = prepare_orders(od, links, config, dups).filter(pl.col(DROP).is_null())
+    return history, od_clean, dec, links
+
+
+def _relevant(
+    events: pl.DataFrame, orders: pl.DataFrame, pending: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Only the rows that can matter to the pending decisions' users: their user ids, their
+    anonymous ids, and every id linked to those (a superset of each decision's history)."""
+    pairs = pl.concat([
+        events.select("anonymous_id", "user_id"), orders.select("anonymous_id", "user_id")
+    ]).drop_nulls().unique()
+    anons = pending["anonymous_id"].drop_nulls()
+    users = pl.concat([
+        pending["user_id"].drop_nulls(),
+        pairs.filter(pl.col("anonymous_id").is_in(anons.implode()))["user_id"],
+    ])
+    anons = pl.concat([anons, pairs.filter(pl.col("user_id").is_in(users.implode()))[
+        "anonymous_id"]])
+    sessions = pending["session_id"].drop_nulls()
+
+    def keep() -> pl.Expr:
+        return (
+            pl.col("user_id").is_in(users.implode()).fill_null(False)
+            | pl.col("anonymous_id").is_in(anons.implode()).fill_null(False)
+            | pl.col("session_id").is_in(sessions.implode()).fill_null(False)
+        )
+
+    return events.filter(keep()), orders.filter(keep())
+
+
+def global_inputs(
+    events: pl.LazyFrame, orders: pl.LazyFrame, config: EtlConfig, space: ActionSpace,
+    *, data_end_us: int | None = None,
+) -> GlobalInputs:
+    """Identity map, duplicate rows and data end, computed once over all valid rows."""
+    ev = events.with_columns(encode_action(space)).filter(event_reason(config, space).is_null())
+    od = orders.filter(order_reason(config).is_null())
+    links = identity_links(ev, od)
+    dups = duplicate_rows(ev, od)
+    links_df, dups_df = pl.collect_all([links, dups])
+    if data_end_us is None:
+        ends = pl.concat([
+            ev.select(pl.max_horizontal("event_ts", "ingest_ts").max().alias("m")),
+            od.select(pl.max_horizontal("order_ts", "ingest_ts").max().alias("m")),
+        ]).select(pl.col("m").max()).collect()
+        end = ends["m"][0]
+        if end is None:
+            data_end_us = 0
+        else:  # the end of the last day with data (as for files: midnight after the last date)
+            last = dt.datetime.combine(end.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+            data_end_us = (last - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
+                microseconds=1
+            )
+    return GlobalInputs(space, links_df, dups_df, data_end_us)
+
+
+def _counts(frame: pl.DataFrame, table: str, outcome: str, reason: pl.Expr) -> pl.DataFrame:
+    return frame.group_by(pl.col(PART_DATE).alias("date"), reason.alias("reason")).agg(
+        pl.len().cast(pl.Int64).alias("n")
+    ).select(pl.lit(table).alias("table"), "date", pl.lit(outcome).alias("outcome"), "reason", "n")
+
+
+def _in_dates(col: str, dates: tuple[dt.date, dt.date] | None) -> pl.Expr:
+    if dates is None:
+        return pl.lit(True)
+    return pl.col(col).is_between(dates[0], dates[1])
+
+
+def transform_partition(
+    events: pl.DataFrame, orders: pl.DataFrame, g: GlobalInputs, config: EtlConfig
+) -> PartitionOutput:
+    """All stages for one partition of users (see the module docstring).
+
+    ``events`` / ``orders``: raw rows in the canonical schema with the source columns
+    (``_source_file``, ``_row_nr``, ``_part_date``, ``_naive_ts``), every row of each user in the
+    partition. Transitions carry the raw features in ``_raw_obs`` when ``g.scaling`` is None (the
+    engine fits the scaling over all partitions and applies it), else the scaled ``observation``.
+    """
+    space = g.space
+    spec = FeatureSpec.from_config(config, space)
+    events = with_codes(events, "events", space)
+    ev_reason = event_reason(config, space)
+    od_reason = order_reason(config)
+    events = events.with_columns(ev_reason)
+    orders = orders.with_columns(od_reason)
+    bad_ev = events.filter(pl.col(REASON).is_not_null())
+    bad_od = orders.filter(pl.col(REASON).is_not_null())
+    ctx = list(config.context_columns)
+    quarantine = pl.concat([
+        quarantine_rows(bad_ev, "events", ["action", *ctx]),
+        quarantine_rows(bad_od, "orders", []),
+    ]).filter(_in_dates("partition_date", g.count_dates))
+
+    ev = prepare_events(events.filter(pl.col(REASON).is_null()), g.links, config, g.duplicates)
+    od = prepare_orders(orders.filter(pl.col(REASON).is_null()), g.links, config, g.duplicates)
+    counts = pl.concat([
+        _counts(bad_ev, "events", "quarantined", pl.col(REASON)),
+        _counts(bad_od, "orders", "quarantined", pl.col(REASON)),
+        _counts(ev.filter(pl.col(DROP).is_not_null()), "events", "dropped", pl.col(DROP)),
+        _counts(od.filter(pl.col(DROP).is_not_null()), "orders", "dropped", pl.col(DROP)),
+        _counts(ev.filter(pl.col(DROP).is_null()), "events", "used", pl.lit("")),
+        _counts(od.filter(pl.col(DROP).is_null()), "orders", "used", pl.lit("")),
+    ]).filter(_in_dates("date", g.count_dates))
+    bot_sessions = ev.filter(pl.col(DROP) == "bot").select(SESSION).unique()
+    ev = ev.filter(pl.col(DROP).is_null())
+    od = od.filter(pl.col(DROP).is_null())
+
+    # decisions of a session that turned bot stay in the feature history (the online hook cannot
+    # know the future) but make no transitions
+    all_decisions = prepare_decisions(ev)
+    decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti", maintain_order="left")
+    excluded = all_decisions.join(bot_sessions, on=SESSION, how="semi")
+    excluded_counts = excluded.group_by(pl.col("event_ts").dt.date().alias("date")).agg(
+        pl.len().cast(pl.Int64).alias("n")
+    ).select(pl.lit("decisions").alias("table"), "date", pl.lit("excluded").alias("outcome"),
+             pl.lit("bot_session").alias("reason"), "n").filter(_in_dates("date", g.output_dates))
+    counts = pl.concat([counts, excluded_counts])
+    session_last = ev.group_by(SESSION).agg(
+        pl.col("event_ts").dt.epoch("us").max().alias("_last")
+    )
+    eps = episodes(decisions, config, g.data_end_us, session_last)
+    out_dec = decisions
+    if g.output_dates is not None:
+        out_dec = decisions.filter(pl.col("event_ts").dt.date().is_between(*g.output_dates))
+    raw = raw_features(ev, od, out_dec, g.links, spec)
+    rewards = attribute(out_dec, ev, od, config)
+    n_feat = len(spec.names)
+    if g.scaling is not None:
+        obs = pl.Series("observation", g.scaling.apply(raw), dtype=pl.Array(pl.Float32, n_feat))
+    else:
+        obs = pl.Series(RAW_OBS, raw, dtype=pl.Array(pl.Float64, n_feat))
+    if space.continuous:
+        action = pl.col(ACTION_VAL).cast(pl.Float32).reshape((-1, 1)).alias("action")
+    else:
+        action = pl.col(ACTION_IDX).cast(pl.Int32).alias("action")
+    trans = (
+        out_dec.with_columns(obs)
+        .join(eps, on="decision_id", how="left", maintain_order="left")
+        .join(rewards, on="decision_id", how="left", maintain_order="left")
+        .select(
+            "episode_id",
+            "step",
+            "decision_id",
+            pl.col(USER).alias("user_id"),
+            pl.col(SESSION).alias("session_id"),
+            pl.col("event_ts").alias("decision_ts"),
+            obs.name,
+            action,
+            "reward",
+            "terminal",
+            "timeout",
+            pl.col("propensity").alias("behaviour_propensity"),
+            pl.when(pl.col("propensity").is_not_null()).then(pl.lit("logged"))
+            .otherwise(pl.lit("missing")).alias("propensity_source"),
+            "revenue",
+            "margin",
+            "discount_cost",
+            "returns",
+        )
+        .sort("episode_id", "step")
+    )
+    return PartitionOutput(trans, quarantine.sort("source_table", "source_file", "row_number"),
+                           counts)
+
+
+def empty_quarantine() -> pl.DataFrame:
+    """An empty quarantine frame."""
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+def empty_counts() -> pl.DataFrame:
+    """An empty counts frame."""
+    return pl.DataFrame(schema=COUNT_SCHEMA)
+
+
+__all__ = [
+    "GlobalInputs",
+    "PartitionOutput",
+    "global_inputs",
+    "normalize_frame",
+    "transform_partition",
+]

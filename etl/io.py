@@ -1,0 +1,339 @@
+"""Reading raw logs: discover date partitions, apply the column mapping, check and cast types.
+
+Every reader here is lazy (``scan_parquet`` / ``scan_csv``); the frames it returns carry three
+extra columns that the rest of the ETL uses for accounting: ``_source_file`` (path relative to the
+input root), ``_row_nr`` (1-based data row within that file) and ``_part_date`` (the date of the
+partition folder, the UTC date of arrival). Column-level problems (a missing required column, a
+column whose values do not parse as its type) raise :class:`EtlError` naming the file and column;
+row-level problems are left for :mod:`etl.validate` to quarantine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import polars as pl
+
+from etl.config import ColumnMapping, EtlConfig, TableMapping
+from etl.errors import EtlError
+from etl.schema import (
+    EVENT_COLUMNS,
+    EVENT_REQUIRED,
+    IDENTITY_COLUMNS,
+    NAIVE_TS,
+    ORDER_COLUMNS,
+    ORDER_REQUIRED,
+    PART_DATE,
+    ROW_NR,
+    SOURCE_FILE,
+    TS,
+    UTC,
+)
+
+Table = Literal["events", "orders"]
+_DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+_SUFFIXES = (".parquet", ".csv")
+_TS_FORMAT = "%Y-%m-%d %H:%M:%S%.f%:z"
+_NAIVE_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One raw input file and the partition it belongs to."""
+
+    path: Path
+    relpath: str
+    table: Table
+    part_date: dt.date | None
+
+
+def shipped_mapping(name: str) -> ColumnMapping:
+    """Load one of the column mappings shipped in ``etl/mappings`` (ga4, snowplow, retailrocket)."""
+    try:
+        text = resources.files("etl.mappings").joinpath(f"{name}.toml").read_text("utf-8")
+    except FileNotFoundError as exc:
+        raise EtlError(
+            f"unknown mapping '{name}': shipped ones are ga4, snowplow, retailrocket"
+        ) from exc
+    return ColumnMapping.model_validate(tomllib.loads(text))
+
+
+def resolve_mapping(config: EtlConfig) -> ColumnMapping:
+    """The column mapping a config asks for (inline, shipped by name, or the identity)."""
+    if config.mapping is not None:
+        return config.mapping
+    if config.mapping_name is not None:
+        return shipped_mapping(config.mapping_name)
+    return ColumnMapping()
+
+
+def discover(input_root: Path | str) -> list[InputFile]:
+    """List the input files under ``<root>/{events,orders}/[date=YYYY-MM-DD/]*.{parquet,csv}``."""
+    root = Path(input_root)
+    if not root.is_dir():
+        raise EtlError(f"input folder not found: {root}")
+    found: list[InputFile] = []
+    tables: tuple[Table, Table] = ("events", "orders")
+    for table in tables:
+        base = root / table
+        if not base.is_dir():
+            if table == "orders":  # clickstream-only sources (e.g. RetailRocket events.csv)
+                continue
+            raise EtlError(f"{root}: no '{table}' folder (expected {table}/date=YYYY-MM-DD/...)")
+        for path in sorted(base.rglob("*")):
+            if path.suffix not in _SUFFIXES or not path.is_file() or path.name.startswith("."):
+                continue
+            part: dt.date | None = None
+            for parent in path.relative_to(base).parents:
+                match = _DATE_DIR.match(parent.name)
+                if match:
+                    part = dt.date.fromisoformat(match.group(1))
+            found.append(InputFile(path, path.relative_to(root).as_posix(), table, part))
+        if base.is_dir() and not any(f.table == table for f in found):
+            raise EtlError(f"{base}: no Parquet or CSV files")
+    return found
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256 (hex), read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _scan(path: Path) -> pl.LazyFrame:
+    if path.suffix == ".csv":
+        return pl.scan_csv(path, infer_schema_length=10_000)
+    return pl.scan_parquet(path)
+
+
+def _parse_ts(col: str, dtype: pl.DataType, mapping: TableMapping) -> tuple[pl.Expr, pl.Expr]:
+    """(timestamp in UTC microseconds, "had no time zone" flag) for one source column."""
+    c = pl.col(col)
+    false = pl.lit(False)
+    if isinstance(dtype, pl.Datetime):
+        if dtype.time_zone is not None:
+            return c.dt.convert_time_zone(UTC).dt.cast_time_unit("us"), false
+        if mapping.naive_timezone is not None:
+            out = c.dt.replace_time_zone(mapping.naive_timezone).dt.convert_time_zone(UTC)
+            return out.dt.cast_time_unit("us"), false
+        return c.dt.cast_time_unit("us").dt.replace_time_zone(UTC), c.is_not_null()
+    if isinstance(dtype, pl.Date):
+        return c.cast(pl.Datetime("us")).dt.replace_time_zone(UTC), false
+    if dtype.is_integer() or dtype.is_float():
+        unit = mapping.time_unit
+        factor = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}[unit]
+        micros = (c.cast(pl.Float64) * factor).round(0) if unit != "ns" else c // 1_000
+        return micros.cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(UTC), false
+    # strings: normalise "T" and "Z" and "+0000", then parse with an explicit offset format
+    text = (
+        c.cast(pl.String)
+        .str.strip_chars()
+        .str.replace("T", " ", literal=True)
+        .str.replace(r"(?i)\s*(Z|UTC)$", "+00:00")
+        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
+    )
+    has_tz = text.str.contains(r"[+-]\d{2}:\d{2}$")
+    aware = text.str.to_datetime(_TS_FORMAT, time_zone=UTC, strict=False)
+    naive = text.str.to_datetime(_NAIVE_FORMAT, strict=False)
+    if mapping.naive_timezone is not None:
+        naive_utc = naive.dt.replace_time_zone(mapping.naive_timezone).dt.convert_time_zone(UTC)
+        return pl.when(has_tz).then(aware).otherwise(naive_utc), false
+    out = pl.when(has_tz).then(aware).otherwise(naive.dt.replace_time_zone(UTC))
+    return out, c.is_not_null() & ~has_tz & naive.is_not_null()
+
+
+def _check_castable(lf: pl.LazyFrame, col: str, expr: pl.Expr, relpath: str, what: str) -> None:
+    """Raise EtlError when non-null values of ``col`` do not parse through ``expr``."""
+    bad = (
+        lf.select(pl.col(col).alias("_orig"), expr.alias("_parsed"))
+        .filter(pl.col("_orig").is_not_null() & pl.col("_parsed").is_null())
+        .head(1)
+        .collect()
+    )
+    if bad.height:
+        sample = bad["_orig"][0]
+        raise EtlError(f"{relpath}: column '{col}': cannot parse {sample!r} as {what}")
+
+
+def scan_table(
+    file: InputFile,
+    config: EtlConfig,
+    *,
+    continuous: bool,
+    mapping: ColumnMapping | None = None,
+) -> pl.LazyFrame:
+    """One raw file as a lazy frame in the canonical raw-log schema plus the source columns."""
+    mapping = mapping if mapping is not None else resolve_mapping(config)
+    tmap = mapping.events if file.table == "events" else mapping.orders
+    lf = _scan(file.path).with_row_index(ROW_NR, offset=1)
+    lf = lf.with_columns(pl.col(ROW_NR).cast(pl.Int64))
+    try:
+        schema = lf.collect_schema()
+    except Exception as exc:  # unreadable file: polars raises its own error types
+        raise EtlError(f"{file.relpath}: cannot read: {exc}") from exc
+    if tmap.event_id_from:
+        missing = [c for c in tmap.event_id_from if c not in schema]
+        if missing:
+            raise EtlError(f"{file.relpath}: missing column '{missing[0]}' (event_id_from)")
+        lf = lf.with_columns(
+            pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in tmap.event_id_from],
+                          separator="|").alias("__event_id")
+        )
+    renames = {src: dst for src, dst in tmap.rename.items() if src in schema}
+    if renames:
+        lf = lf.rename(renames)
+    if tmap.event_id_from:
+        lf = lf.rename({"__event_id": "event_id"})
+    if tmap.constant:
+        lf = lf.with_columns(pl.lit(v).alias(k) for k, v in tmap.constant.items())
+    schema = lf.collect_schema()
+
+    columns = EVENT_COLUMNS if file.table == "events" else ORDER_COLUMNS
+    required = EVENT_REQUIRED if file.table == "events" else ORDER_REQUIRED
+    for col in required:
+        if col not in schema:
+            raise EtlError(f"{file.relpath}: missing required column '{col}'")
+    if not any(col in schema for col in IDENTITY_COLUMNS):
+        raise EtlError(
+            f"{file.relpath}: no identity column: needs one of user_id, anonymous_id, session_id"
+        )
+
+    exprs: list[pl.Expr] = []
+    naive_flags: list[pl.Expr] = []
+    for col, target in columns.items():
+        user_dtype = tmap.cast.get(col)
+        if col not in schema:
+            exprs.append(pl.lit(None, dtype=target).alias(col))
+            continue
+        src = schema[col]
+        if user_dtype is not None:
+            lf = lf.with_columns(pl.col(col).cast(_dtype(user_dtype, file.relpath, col)))
+            src = lf.collect_schema()[col]
+        if target == TS:
+            parsed, naive = _parse_ts(col, src, tmap)
+            if src == pl.String:
+                _check_castable(lf, col, parsed, file.relpath, "a timestamp")
+            exprs.append(parsed.alias(col))
+            naive_flags.append(naive)
+        elif src != target:
+            cast = pl.col(col).cast(target, strict=False)
+            if src == pl.String or (target.is_integer() and src.is_float()):
+                _check_castable(lf, col, cast, file.relpath, str(target))
+            exprs.append(cast.alias(col))
+        else:
+            exprs.append(pl.col(col))
+    if file.table == "events":
+        exprs.append(_action_expr(schema, continuous, lf, file.relpath))
+        for ctx in config.context_columns:
+            exprs.append(
+                pl.col(ctx).cast(pl.String).alias(ctx)
+                if ctx in schema
+                else pl.lit(None, dtype=pl.String).alias(ctx)
+            )
+        if tmap.event_type_map or tmap.event_type_default:
+            exprs = [_remap(e, "event_type", tmap.event_type_map, tmap.event_type_default)
+                     for e in exprs]
+    elif tmap.status_map:
+        exprs = [_remap(e, "status", tmap.status_map) for e in exprs]
+    naive_any = pl.any_horizontal(naive_flags) if naive_flags else pl.lit(False)
+    return lf.select(
+        *exprs,
+        naive_any.fill_null(False).alias(NAIVE_TS),
+        pl.lit(file.relpath).alias(SOURCE_FILE),
+        pl.col(ROW_NR),
+        pl.lit(file.part_date, dtype=pl.Date).alias(PART_DATE),
+    ).with_columns(
+        pl.coalesce(
+            PART_DATE,
+            pl.col("ingest_ts").dt.date(),
+            pl.col("event_ts" if file.table == "events" else "order_ts").dt.date(),
+        ).alias(PART_DATE)
+    )
+
+
+def _remap(expr: pl.Expr, name: str, table: dict[str, str], default: str | None = None
+           ) -> pl.Expr:
+    if expr.meta.output_name() != name:
+        return expr
+    if default is None:
+        return expr.replace(table).alias(name)
+    return expr.replace_strict(table, default=default, return_dtype=pl.String).alias(name)
+
+
+def _dtype(name: str, relpath: str, col: str) -> pl.DataType:
+    dtype = getattr(pl, name, None)
+    if dtype is None:
+        raise EtlError(f"{relpath}: mapping casts '{col}' to unknown type '{name}'")
+    out = dtype() if isinstance(dtype, type) else dtype
+    if not isinstance(out, pl.DataType):
+        raise EtlError(f"{relpath}: mapping casts '{col}' to unknown type '{name}'")
+    return out
+
+
+def _action_expr(
+    schema: pl.Schema, continuous: bool, lf: pl.LazyFrame, relpath: str
+) -> pl.Expr:
+    if "action" not in schema:
+        return pl.lit(None, dtype=pl.Float64 if continuous else pl.String).alias("action")
+    src = schema["action"]
+    if continuous:
+        if src == pl.String:
+            _check_castable(lf, "action", pl.col("action").cast(pl.Float64, strict=False),
+                            relpath, "a continuous action (float)")
+        return pl.col("action").cast(pl.Float64, strict=False).alias("action")
+    return pl.col("action").cast(pl.String).alias("action")
+
+
+def action_is_continuous(files: list[InputFile], config: EtlConfig) -> bool:
+    """The action space: from the config, or (``auto``) from the type of the action column."""
+    if config.action_space != "auto":
+        return config.action_space == "continuous"
+    mapping = resolve_mapping(config)
+    for file in files:
+        if file.table != "events":
+            continue
+        lf = _scan(file.path)
+        renames = {s: d for s, d in mapping.events.rename.items()}
+        schema = lf.collect_schema()
+        for src, dst in renames.items():
+            if dst == "action" and src in schema:
+                return bool(schema[src].is_float())
+        if "action" in schema:
+            return bool(schema["action"].is_float())
+    return False
+
+
+def read_tables(
+    files: list[InputFile], config: EtlConfig, *, continuous: bool
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """All events and all orders as two lazy frames (canonical schema plus source columns)."""
+    mapping = resolve_mapping(config)
+    events = [scan_table(f, config, continuous=continuous, mapping=mapping)
+              for f in files if f.table == "events"]
+    orders = [scan_table(f, config, continuous=continuous, mapping=mapping)
+              for f in files if f.table == "orders"]
+    return _concat(events, "events", continuous, config), _concat(orders, "orders", continuous,
+                                                                   config)
+
+
+def _concat(frames: list[pl.LazyFrame], table: Table, continuous: bool,
+            config: EtlConfig) -> pl.LazyFrame:
+    if frames:
+        return pl.concat(frames, how="vertical")
+    columns = dict(EVENT_COLUMNS if table == "events" else ORDER_COLUMNS)
+    if table == "events":
+        columns["action"] = pl.Float64() if continuous else pl.String()
+        columns.update({c: pl.String() for c in config.context_columns})
+    columns.update({NAIVE_TS: pl.Boolean(), SOURCE_FILE: pl.String(), ROW_NR: pl.Int64(),
+                    PART_DATE: pl.Date()})
+    return pl.LazyFrame(schema=columns)

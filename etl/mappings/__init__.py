@@ -1,0 +1,1 @@
+"""Column mappings shipped with ecomrl (TOML): ``ga4``, ``snowplow``, ``retailrocket``."""

@@ -1,0 +1,533 @@
+"""Evaluate candidate policies on logged data: estimates, intervals, diagnostics, verdicts.
+
+:func:`evaluate_candidates` is what ``ecomrl evaluate``, the report and the nightly job call. It
+returns an :class:`EvaluationResult` (dataclasses) whose :meth:`~EvaluationResult.to_frame` is a
+tidy polars frame (one row per candidate and estimator) and :meth:`~EvaluationResult.write`
+writes ``ope.json`` and ``ope.parquet``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import structlog
+from tqdm.auto import tqdm
+
+from evaluation.approval import Verdict, approve
+from evaluation.candidates import Candidate, CandidateProbabilities, parse_policy_spec
+from evaluation.config import ApprovalConfig, EvaluateConfig
+from evaluation.data import EpisodeData, TransitionsDataset, load_transitions
+from evaluation.diagnostics import candidate_diagnostics, family_spread
+from evaluation.errors import EvaluationError
+from evaluation.estimators import ESTIMATORS
+from evaluation.estimators.base import OffPolicyEstimator, OPEInput
+from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
+from evaluation.estimators.on_policy import OnPolicyValue
+from evaluation.intervals import IntervalSummary, summarise
+from evaluation.propensity import CalibrationReport, fill_missing_propensities
+
+log = structlog.get_logger(__name__)
+
+_BANDIT = {"ipw", "snipw", "dr_bandit", "sndr", "dm_bandit"}
+_KERNEL = {"kernel_is", "kernel_wis", "kernel_dr"}
+_CONTINUOUS_NAME = {"pdis": "kernel_is", "wpdis": "kernel_wis", "dr": "kernel_dr"}
+
+
+@dataclass(frozen=True)
+class EstimatorResult:
+    """One estimator's answer for one policy."""
+
+    estimator: str
+    family: str
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    ci_method: str
+    percentile_low: float
+    percentile_high: float
+    bca_low: float
+    bca_high: float
+    lower_bound_t: float
+    lower_bound_bernstein: float | None
+    unbiased: bool
+    n_resamples: int
+
+    @classmethod
+    def from_summary(
+        cls, est: OffPolicyEstimator, s: IntervalSummary, ci_method: str
+    ) -> EstimatorResult:
+        return cls(
+            estimator=est.name,
+            family=est.family,
+            estimate=s.estimate,
+            se=s.se,
+            ci_low=s.ci_low,
+            ci_high=s.ci_high,
+            ci_method=ci_method,
+            percentile_low=s.percentile_low,
+            percentile_high=s.percentile_high,
+            bca_low=s.bca_low,
+            bca_high=s.bca_high,
+            lower_bound_t=s.lower_bound_t,
+            lower_bound_bernstein=s.lower_bound_bernstein,
+            unbiased=est.unbiased,
+            n_resamples=s.n_resamples,
+        )
+
+
+@dataclass(frozen=True)
+class CandidateResult:
+    """Every estimate of one candidate, its diagnostics and the approval verdict."""
+
+    name: str
+    estimates: list[EstimatorResult]
+    diagnostics: dict[str, Any]
+    verdict: Verdict
+    primary_estimator: str
+    lower_bound: float
+    lower_bound_method: str
+    clipped: bool
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def estimate(self, estimator: str) -> EstimatorResult:
+        for e in self.estimates:
+            if e.estimator == estimator:
+                return e
+        raise KeyError(estimator)
+
+    @property
+    def primary(self) -> EstimatorResult:
+        return self.estimate(self.primary_estimator)
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """The whole evaluation: the behaviour policy's value and every candidate's result."""
+
+    behaviour: EstimatorResult
+    candidates: list[CandidateResult]
+    n_episodes: int
+    n_decisions: int
+    gamma: float
+    action_space: str
+    propensity: dict[str, Any]
+    config: dict[str, Any]
+    approval_config: dict[str, Any]
+    data_path: str | None = None
+
+    def candidate(self, name: str) -> CandidateResult:
+        for c in self.candidates:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (what ``ope.json`` holds)."""
+        primary = next((c.name for c in self.candidates if c.name != "rule:behaviour"), None)
+        calibration = self.propensity.get("calibration") or {}
+        return _clean(
+            {
+                "data": self.data_path,
+                "primary_candidate": primary,
+                "primary_estimator": self.config.get("primary_estimator"),
+                "confidence": self.config.get("confidence"),
+                "lower_bound_delta": self.config.get("lower_bound_delta"),
+                "approval": self.approval_config,
+                "behaviour_model": {
+                    "propensities_estimated": bool(self.propensity.get("estimated")),
+                    "note": self.propensity.get("note"),
+                    "calibration_error": calibration.get("expected_calibration_error"),
+                    "threshold": self.approval_config.get("max_calibration_error"),
+                    "mean_abs_error": calibration.get("mean_abs_error_vs_logged"),
+                    "bins": calibration.get("reliability", []),
+                    "method": calibration.get("method"),
+                },
+                "n_episodes": self.n_episodes,
+                "n_decisions": self.n_decisions,
+                "gamma": self.gamma,
+                "action_space": self.action_space,
+                "propensity": self.propensity,
+                "behaviour": asdict(self.behaviour),
+                "candidates": [
+                    {
+                        "name": c.name,
+                        "primary_estimator": c.primary_estimator,
+                        "lower_bound": c.lower_bound,
+                        "lower_bound_method": c.lower_bound_method,
+                        "clipped": c.clipped,
+                        "verdict": c.verdict.to_dict(),
+                        "diagnostics": c.diagnostics,
+                        "estimates": [asdict(e) for e in c.estimates],
+                        "skipped": c.skipped,
+                    }
+                    for c in self.candidates
+                ],
+                "config": self.config,
+                "approval_config": self.approval_config,
+            }
+        )
+
+    def to_frame(self) -> pl.DataFrame:
+        """Tidy frame: one row per (policy, estimator); the behaviour's own value included."""
+        rows: list[dict[str, Any]] = []
+        base = asdict(self.behaviour)
+        rows.append(
+            {
+                "policy": "behaviour (logged)",
+                **base,
+                "decision": None,
+                "approved": None,
+                "ess": None,
+                "ess_fraction": None,
+                "max_weight_share": None,
+                "unsupported_share": None,
+                "propensity_estimated": bool(self.propensity.get("estimated", False)),
+            }
+        )
+        for c in self.candidates:
+            for e in c.estimates:
+                rows.append(
+                    {
+                        "policy": c.name,
+                        **asdict(e),
+                        "decision": c.verdict.decision,
+                        "approved": c.verdict.approved,
+                        "ess": c.diagnostics.get("ess"),
+                        "ess_fraction": c.diagnostics.get("ess_fraction"),
+                        "max_weight_share": c.diagnostics.get("max_weight_share"),
+                        "unsupported_share": c.diagnostics.get("unsupported_share"),
+                        "propensity_estimated": bool(self.propensity.get("estimated", False)),
+                    }
+                )
+        schema = {
+            "policy": pl.String,
+            "estimator": pl.String,
+            "family": pl.String,
+            "estimate": pl.Float64,
+            "se": pl.Float64,
+            "ci_low": pl.Float64,
+            "ci_high": pl.Float64,
+            "ci_method": pl.String,
+            "percentile_low": pl.Float64,
+            "percentile_high": pl.Float64,
+            "bca_low": pl.Float64,
+            "bca_high": pl.Float64,
+            "lower_bound_t": pl.Float64,
+            "lower_bound_bernstein": pl.Float64,
+            "unbiased": pl.Boolean,
+            "n_resamples": pl.Int64,
+            "decision": pl.String,
+            "approved": pl.Boolean,
+            "ess": pl.Float64,
+            "ess_fraction": pl.Float64,
+            "max_weight_share": pl.Float64,
+            "unsupported_share": pl.Float64,
+            "propensity_estimated": pl.Boolean,
+        }
+        return pl.DataFrame(rows, schema=schema)
+
+    def write(self, out_dir: Path | str) -> tuple[Path, Path]:
+        """Write ``ope.json`` and ``ope.parquet`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        json_path = out / "ope.json"
+        json_path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
+        parquet_path = out / "ope.parquet"
+        self.to_frame().write_parquet(parquet_path)
+        return json_path, parquet_path
+
+
+def _clean(obj: Any) -> Any:
+    """Make floats JSON-safe (NaN/inf -> None) and numpy scalars plain."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _as_episode_data(
+    data: EpisodeData | TransitionsDataset | pl.DataFrame | Path | str, gamma: float | None
+) -> EpisodeData:
+    if isinstance(data, EpisodeData):
+        return data
+    if isinstance(data, str | Path):
+        data = load_transitions(data)
+    if isinstance(data, TransitionsDataset):
+        return data.to_episode_data(gamma)
+    return EpisodeData.from_frame(data, gamma=0.9 if gamma is None else gamma)
+
+
+def _resolve_estimators(
+    names: Sequence[str], data: EpisodeData
+) -> tuple[list[str], dict[str, str]]:
+    """The estimators that apply to this data, and why the others were skipped."""
+    one_step = data.n_episodes == data.n_decisions
+    continuous = not data.action_space.is_discrete
+    chosen: list[str] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        resolved = _CONTINUOUS_NAME.get(name, name) if continuous else name
+        if resolved in _BANDIT and not one_step:
+            skipped[name] = "one-step estimator; the episodes have several decisions"
+            continue
+        if resolved in _KERNEL and not continuous:
+            skipped[name] = "kernel estimator; the action space is discrete"
+            continue
+        if resolved in ("on_policy", "fqe"):
+            continue
+        if resolved not in chosen:
+            chosen.append(resolved)
+    return chosen, skipped
+
+
+def _model_predictions(
+    data: EpisodeData, probs: CandidateProbabilities, candidate: Candidate, cfg: EvaluateConfig
+) -> tuple[np.ndarray, np.ndarray] | None:
+    fitter = FittedQEvaluation(cfg.direct)
+    if data.action_space.is_discrete:
+        if probs.distribution is None:
+            return None
+        pred = fitter.predict(data, target_distribution=probs.distribution)
+        return pred.q_logged, pred.v_hat
+    action = probs.action
+    if candidate.is_behaviour:
+        action = np.asarray(data.action, dtype=np.float64)
+    if action is None:
+        return None
+    pred = fitter.predict(data, target_action=action)
+    return pred.q_logged, pred.v_hat
+
+
+def evaluate_candidates(
+    data: EpisodeData | TransitionsDataset | pl.DataFrame | Path | str,
+    candidates: Sequence[Candidate | str],
+    config: EvaluateConfig | None = None,
+    approval: ApprovalConfig | None = None,
+    *,
+    data_path: Path | str | None = None,
+) -> EvaluationResult:
+    """Evaluate each candidate off-policy against the logged behaviour policy.
+
+    ``data`` is an ETL output folder, a transitions frame or :class:`EpisodeData`; ``candidates``
+    are :class:`~evaluation.candidates.Candidate` objects or policy SPEC strings
+    (``rule:constant=2``, ``rule:behaviour``, ``table:PATH``, ``artifact:PATH``).
+    """
+    cfg = config or EvaluateConfig()
+    appr = approval or ApprovalConfig()
+    if data_path is None and isinstance(data, str | Path):
+        data_path = data
+    episodes = _as_episode_data(data, cfg.gamma)
+    policies = [parse_policy_spec(c) if isinstance(c, str) else c for c in candidates]
+    if not policies:
+        raise EvaluationError("no candidate policy to evaluate (give at least one --policy)")
+    names, skipped = _resolve_estimators(cfg.estimators, episodes)
+    needs_model = any(ESTIMATORS[n].needs_model for n in names)
+    need_dist = episodes.action_space.is_discrete and any(p.is_behaviour for p in policies)
+    episodes, calibration = fill_missing_propensities(
+        episodes, cfg.behaviour_model, need_distribution=need_dist and needs_model
+    )
+    propensity = _propensity_summary(episodes, calibration)
+
+    behaviour_inp = OPEInput(episodes, episodes.behaviour_propensity.copy())
+    on_policy = OnPolicyValue()
+    b_summary = summarise(
+        [on_policy.episode_statistics(behaviour_inp)],
+        confidence=cfg.confidence,
+        n_resamples=cfg.bootstrap.n_resamples,
+        delta=cfg.lower_bound_delta,
+        seed=cfg.bootstrap.seed,
+        chunk_size=cfg.bootstrap.chunk_size,
+        scheme=cfg.bootstrap.scheme,
+    )[0]
+    behaviour = EstimatorResult.from_summary(on_policy, b_summary, cfg.bootstrap.method)
+
+    results = []
+    for policy in tqdm(policies, desc="evaluate", unit="policy", disable=len(policies) < 2):
+        results.append(
+            _evaluate_one(episodes, policy, names, dict(skipped), cfg, appr, behaviour, propensity)
+        )
+    return EvaluationResult(
+        behaviour=behaviour,
+        candidates=results,
+        n_episodes=episodes.n_episodes,
+        n_decisions=episodes.n_decisions,
+        gamma=episodes.gamma,
+        action_space=episodes.action_space.type,
+        propensity=propensity,
+        config=cfg.model_dump(mode="json"),
+        approval_config=appr.model_dump(mode="json"),
+        data_path=None if data_path is None else str(data_path),
+    )
+
+
+def _propensity_summary(data: EpisodeData, calibration: CalibrationReport | None) -> dict[str, Any]:
+    src = data.propensity_source
+    counts: dict[str, int] = {}
+    if src is not None:
+        values, n = np.unique(src, return_counts=True)
+        counts = {str(v): int(c) for v, c in zip(values, n, strict=True)}
+    estimated = counts.get("estimated", 0) > 0
+    out: dict[str, Any] = {
+        "sources": counts,
+        "estimated": estimated,
+        "note": (
+            f"{counts.get('estimated', 0)} of {data.n_decisions} behaviour propensities were "
+            "ESTIMATED by a cross-fitted behaviour model, not logged: the weights are estimates."
+            if estimated
+            else "all behaviour propensities were logged."
+        ),
+    }
+    if calibration is not None:
+        out["calibration"] = calibration.to_dict()
+    return out
+
+
+def _evaluate_one(
+    data: EpisodeData,
+    policy: Candidate,
+    names: list[str],
+    skipped: dict[str, str],
+    cfg: EvaluateConfig,
+    appr: ApprovalConfig,
+    behaviour: EstimatorResult,
+    propensity: dict[str, Any],
+) -> CandidateResult:
+    probs = policy.probabilities(data, cfg.kernel)
+    model = None
+    if any(ESTIMATORS[n].needs_model for n in names):
+        model = _model_predictions(data, probs, policy, cfg)
+    q_logged, v_hat = model if model is not None else (None, None)
+    clip = cfg.clipping.max_weight
+    inp = OPEInput(
+        data,
+        probs.logged,
+        probs.distribution,
+        q_logged=q_logged,
+        v_hat=v_hat,
+        max_weight=clip,
+    )
+    estimators: list[OffPolicyEstimator] = []
+    for name in names:
+        est = ESTIMATORS[name]()
+        if est.needs_model and not inp.has_model:
+            skipped[name] = "no model predictions for this candidate (needs its full distribution)"
+            continue
+        estimators.append(est)
+    stats = [e.episode_statistics(inp) for e in estimators]
+    if cfg.fqe.enabled or "fqe" in cfg.estimators:
+        if probs.act is None:
+            skipped["fqe"] = "d3rlpy FQE needs a candidate that maps observations to actions"
+        else:
+            pred = d3rlpy_fqe(data, probs.act, cfg.fqe)
+            fqe_inp = OPEInput(data, probs.logged, q_logged=pred.q_logged, v_hat=pred.v_hat)
+            fqe_est = _FQE()
+            estimators.append(fqe_est)
+            stats.append(fqe_est.episode_statistics(fqe_inp))
+    summaries = summarise(
+        stats,
+        confidence=cfg.confidence,
+        n_resamples=cfg.bootstrap.n_resamples,
+        method=cfg.bootstrap.method,
+        delta=cfg.lower_bound_delta,
+        seed=cfg.bootstrap.seed,
+        chunk_size=cfg.bootstrap.chunk_size,
+        scheme=cfg.bootstrap.scheme,
+    )
+    results = [
+        EstimatorResult.from_summary(e, s, cfg.bootstrap.method)
+        for e, s in zip(estimators, summaries, strict=True)
+    ]
+    by_name = {r.estimator: r for r in results}
+    primary: str = cfg.primary_estimator
+    if not data.action_space.is_discrete:
+        primary = _CONTINUOUS_NAME.get(primary, primary)
+    if primary not in by_name:
+        fallback: list[str] = [
+            n for n in ("dr", "kernel_dr", "dr_bandit", "wpdis", "pdis") if n in by_name
+        ]
+        if not fallback:
+            fallback = list(by_name)
+        if not fallback:
+            raise EvaluationError(f"{policy.name}: no estimator could be computed")
+        primary = fallback[0]
+    p = by_name[primary]
+    if cfg.lower_bound == "bernstein" and p.lower_bound_bernstein is not None:
+        lower, method = p.lower_bound_bernstein, "empirical Bernstein"
+    elif cfg.lower_bound == "bootstrap":
+        lower, method = (
+            (p.bca_low, "bootstrap BCa")
+            if cfg.bootstrap.method == "bca"
+            else (
+                p.percentile_low,
+                "bootstrap percentile",
+            )
+        )
+    else:
+        lower, method = p.lower_bound_t, "t"
+    diagnostics: dict[str, Any] = candidate_diagnostics(
+        inp, target_action=probs.action, support_threshold=cfg.support_threshold
+    )
+    if probs.bandwidth is not None:
+        diagnostics["kernel_bandwidth"] = probs.bandwidth
+    diagnostics["primary_se"] = p.se
+    spread, members = family_spread({r.estimator: r.estimate for r in results})
+    diagnostics["family_spread"] = spread
+    diagnostics["family_members"] = members
+    diagnostics["family_spread_se"] = spread / p.se if spread is not None and p.se > 0 else None
+    diagnostics["clipping_max_weight"] = clip
+    if clip is not None and primary in ESTIMATORS:
+        unclipped = ESTIMATORS[primary]().estimate_policy_value(inp.unclipped())
+        effect = p.estimate - unclipped
+        diagnostics["unclipped_estimate"] = unclipped
+        diagnostics["clipping_effect"] = effect
+        diagnostics["clipping_effect_se"] = abs(effect) / p.se if p.se > 0 else math.inf
+    calibration = propensity.get("calibration") or {}
+    if propensity.get("estimated"):
+        diagnostics["calibration_error"] = calibration.get("expected_calibration_error")
+    verdict = approve(
+        lower_bound=lower,
+        behaviour_value=behaviour.estimate,
+        diagnostics=diagnostics,
+        config=appr,
+        estimator=primary,
+        bound_method=method,
+        confidence=1.0 - cfg.lower_bound_delta,
+    )
+    log.info(
+        "candidate evaluated",
+        candidate=policy.name,
+        estimate=round(p.estimate, 6),
+        lower_bound=round(lower, 6),
+        behaviour=round(behaviour.estimate, 6),
+        decision=verdict.decision,
+    )
+    return CandidateResult(
+        name=policy.name,
+        estimates=results,
+        diagnostics=diagnostics,
+        verdict=verdict,
+        primary_estimator=primary,
+        lower_bound=lower,
+        lower_bound_method=method,
+        clipped=clip is not None,
+        skipped=skipped,
+    )
+
+
+class _FQE(DirectMethod):
+    """Direct method on d3rlpy FQE's value predictions."""
+
+    name = "fqe"

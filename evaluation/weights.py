@@ -1,0 +1,56 @@
+"""Importance weights over variable-length episodes, vectorised.
+
+Conventions (evaluation/README.md):
+
+* the per-decision ratio is ``rho_t = pi_e(a_t | s_t) / pi_b(a_t | s_t)``;
+* the cumulative weight of decision t is ``w_t = prod_{t' <= t} rho_t'`` within its episode, and
+  ``w_{-1} = 1``;
+* after an episode's last decision it sits in an absorbing state where both policies agree, so
+  its weight stays frozen at its last value and its rewards are 0. Per-step self-normalisation
+  (WPDIS, WDR) therefore divides by the sum over ALL episodes of their (frozen) weights, which is
+  an unbiased estimate of the number of episodes at every step. Dividing only by the episodes
+  still running would make the estimators inconsistent whenever the candidate changes how long
+  episodes last.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from evaluation.data import EpisodeData, FloatArray, IntArray
+
+
+def positions(data: EpisodeData) -> IntArray:
+    """Row position within its episode (0 for the first decision, even if ``step`` has gaps)."""
+    return np.arange(data.n_decisions, dtype=np.int64) - data.first_row[data.episode]
+
+
+def cumulative_weights(data: EpisodeData, rho: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """Per-decision cumulative weights ``w_t`` and the previous ones ``w_{t-1}`` (1 at t = 0).
+
+    Loops over positions within episodes (at most the longest episode), each iteration a
+    vectorised gather over the episodes that are that long: O(n) work in total.
+    """
+    pos = positions(data)
+    order = np.argsort(pos, kind="stable")
+    bounds = np.searchsorted(pos[order], np.arange(int(pos.max()) + 2))
+    w = np.empty_like(rho, dtype=np.float64)
+    first = order[bounds[0] : bounds[1]]
+    w[first] = rho[first]
+    for t in range(1, len(bounds) - 1):
+        rows = order[bounds[t] : bounds[t + 1]]
+        w[rows] = w[rows - 1] * rho[rows]
+    w_prev = np.ones_like(w)
+    not_first = ~data.is_first
+    w_prev[not_first] = w[np.flatnonzero(not_first) - 1]
+    return w, w_prev
+
+
+def effective_sample_size(weights: np.ndarray[Any, np.dtype[np.float64]]) -> float:
+    """Kish's effective sample size ``(sum w)^2 / sum w^2`` (0 when every weight is 0)."""
+    total_sq = float(np.sum(weights**2))
+    if total_sq == 0.0:
+        return 0.0
+    return float(np.sum(weights) ** 2 / total_sq)

@@ -1,0 +1,90 @@
+"""What every agent config shares: d3rlpy's encoder and scaler plumbing, and ``create()``."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from offline_rl.errors import TrainingError
+
+AnyAlgo = Any
+"""A d3rlpy ``QLearningAlgoBase`` (d3rlpy's generics are not worth spelling out here)."""
+
+
+class AgentConfig(BaseModel):
+    """Base of the per-agent tables: d3rlpy's field names, ``create()`` builds the d3rlpy algo.
+
+    Subclasses set ``name`` (our TOML name), ``discrete`` (the action space it handles) and
+    ``d3rlpy_name`` (the name of the d3rlpy config class in ``d3rlpy.algos``, imported lazily
+    so that reading the config does not import torch); their own fields are passed to it
+    verbatim, so a field's meaning and name are d3rlpy's.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ClassVar[str] = ""
+    discrete: ClassVar[bool] = True
+    d3rlpy_name: ClassVar[str] = ""
+
+    hidden_units: list[int] = Field(default_factory=lambda: [256, 256])
+    """Hidden layers of every network (d3rlpy ``VectorEncoderFactory``)."""
+    activation: str = "relu"
+    clip_grad_norm: float | None = None
+    """Gradient-norm clipping of every optimizer (d3rlpy ``AdamFactory.clip_grad_norm``)."""
+
+    # names of the fields that are ours, not d3rlpy's config fields
+    _ours: ClassVar[frozenset[str]] = frozenset({"hidden_units", "activation", "clip_grad_norm"})
+
+    def d3rlpy_kwargs(self) -> dict[str, Any]:
+        """The fields that go to d3rlpy's config unchanged."""
+        return {k: v for k, v in self.model_dump().items() if k not in self._ours}
+
+    def create(
+        self,
+        *,
+        gamma: float,
+        device: str = "cpu:0",
+        action_scaler: Any = None,
+        reward_scaler: Any = None,
+        compile_graph: bool = False,
+    ) -> AnyAlgo:
+        """Build the d3rlpy algorithm with this config (d3rlpy's ``Config.create`` spirit)."""
+        from offline_rl._quiet import import_d3rlpy
+
+        d3rlpy = import_d3rlpy()
+        from d3rlpy.models.encoders import VectorEncoderFactory
+        from d3rlpy.optimizers.optimizers import AdamFactory
+
+        if self.discrete and action_scaler is not None:
+            raise TrainingError(f"{self.name}: a discrete agent takes no action scaler")
+        encoder = VectorEncoderFactory(
+            hidden_units=list(self.hidden_units), activation=self.activation
+        )
+        optim = AdamFactory(clip_grad_norm=self.clip_grad_norm)
+        config_class = getattr(d3rlpy.algos, self.d3rlpy_name)
+        fields = config_class.__dataclass_fields__
+        kwargs = self.d3rlpy_kwargs()
+        for key in fields:
+            if key.endswith("encoder_factory"):
+                kwargs[key] = encoder
+            elif key.endswith("optim_factory"):
+                kwargs[key] = optim
+        kwargs.update(gamma=gamma, reward_scaler=reward_scaler, compile_graph=compile_graph)
+        if not self.discrete:
+            kwargs["action_scaler"] = action_scaler
+        config = config_class(**kwargs)
+        return config.create(device=device)
+
+
+def d3rlpy_defaults(d3rlpy_name: str, names: list[str]) -> dict[str, Any]:
+    """d3rlpy's own defaults of some fields of ``d3rlpy.algos.<d3rlpy_name>`` (docs, tests)."""
+    from offline_rl._quiet import import_d3rlpy
+
+    d3rlpy = import_d3rlpy()
+
+    fields = getattr(d3rlpy.algos, d3rlpy_name).__dataclass_fields__
+    return {name: fields[name].default for name in names}
+
+
+__all__ = ["AgentConfig", "AnyAlgo", "d3rlpy_defaults"]

@@ -1,0 +1,51 @@
+"""Batch-constrained Q-learning: ``DiscreteBCQ`` and continuous ``BCQ``."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from offline_rl.agents.base import AgentConfig
+
+
+class DiscreteBCQConfig(AgentConfig):
+    """d3rlpy ``DiscreteBCQConfig``; the same e-commerce defaults as ``DiscreteCQLConfig``.
+
+    ``action_flexibility`` (0.3, d3rlpy's) keeps only the actions whose imitation probability is at
+    least 0.3 times the most likely logged action's: the agent never picks a tier the logging
+    policy (almost) never chose in that state.
+    """
+
+    name: ClassVar[str] = "discrete_bcq"
+    discrete: ClassVar[bool] = True
+    d3rlpy_name: ClassVar[str] = "DiscreteBCQConfig"
+
+    learning_rate: float = Field(3e-4, gt=0.0)
+    batch_size: int = Field(256, ge=1)
+    n_critics: int = Field(1, ge=1)
+    action_flexibility: float = Field(0.3, gt=0.0, le=1.0)
+    beta: float = Field(0.5, ge=0.0)
+    target_update_interval: int = Field(1_000, ge=1)
+    share_encoder: bool = True
+
+
+class BCQConfig(AgentConfig):
+    """d3rlpy ``BCQConfig`` (continuous actions), d3rlpy's defaults."""
+
+    name: ClassVar[str] = "bcq"
+    discrete: ClassVar[bool] = False
+    d3rlpy_name: ClassVar[str] = "BCQConfig"
+
+    actor_learning_rate: float = Field(1e-3, gt=0.0)
+    critic_learning_rate: float = Field(1e-3, gt=0.0)
+    imitator_learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(100, ge=1)
+    tau: float = Field(0.005, gt=0.0, le=1.0)
+    n_critics: int = Field(2, ge=1)
+    update_actor_interval: int = Field(1, ge=1)
+    lam: float = Field(0.75, ge=0.0, le=1.0)
+    n_action_samples: int = Field(100, ge=1)
+    action_flexibility: float = Field(0.05, ge=0.0)
+    rl_start_step: int = Field(0, ge=0)
+    beta: float = Field(0.5, ge=0.0)

@@ -1,0 +1,586 @@
+"""Training runs: agent choice, seeded fast loop, checkpoints, resume, the artifact.
+
+``train(data_dir, out_dir, config)`` is what ``ecomrl train`` calls. Layout under ``out_dir``::
+
+    <agent>/                 the policy artifact (see ``offline_rl.artifacts``)
+    checkpoints/<agent>/step_00005000/{model.pt, state.json, rng.pt}
+
+A checkpoint holds d3rlpy's ``save_model`` (weights *and* optimizer states), the step counter,
+the minibatch sampler's and torch's random states and the loss curves so far. ``resume=True``
+restores all of them, so the target-network sync schedule (``grad_step % interval``) continues
+where it stopped and the resumed run draws the minibatches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import structlog
+import torch
+from tqdm import tqdm
+
+from offline_rl.agents import AGENT_CONFIGS, AgentConfig
+from offline_rl.artifacts import (
+    LEARNABLE_NAME,
+    code_version,
+    export_onnx,
+    write_checksums,
+    write_json,
+)
+from offline_rl.config import TrainConfig
+from offline_rl.data import (
+    TransitionArrays,
+    TransitionManifest,
+    load_transitions,
+    to_arrays,
+    to_mdp_dataset,
+)
+from offline_rl.errors import TrainingError
+from offline_rl.fast_loop import FastTrainer, compile_update, to_tensors
+from offline_rl.splits import split
+
+log = structlog.get_logger(__name__)
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    artifact: Path
+    agent: str
+    n_steps: int
+    final_losses: dict[str, float]
+    validation: dict[str, float]
+    updates_per_second: float
+    resumed_from: int | None = None
+    algo: Any = dataclasses.field(default=None, repr=False)
+    """The trained d3rlpy algo, still in memory."""
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda:0`` when torch sees a GPU, else ``cpu:0``; others pass through."""
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu:0"
+    if device == "cpu":
+        return "cpu:0"
+    if device == "cuda":
+        device = "cuda:0"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {device!r} requested but torch sees no CUDA device")
+    return device
+
+
+def resolve_agent(config: TrainConfig, manifest: TransitionManifest) -> AgentConfig:
+    """The configured agent (``auto``: CQL of the dataset's action space), checked against it."""
+    name = config.agent
+    if name == "auto":
+        name = "discrete_cql" if manifest.discrete else "cql"
+    agent: AgentConfig = getattr(config, name)
+    if type(agent) is not AGENT_CONFIGS[name]:  # pragma: no cover - config model guarantees it
+        raise TrainingError(f"unknown agent {name}")
+    if agent.discrete != manifest.discrete:
+        kind = "discrete" if manifest.discrete else "continuous"
+        other = "continuous" if manifest.discrete else "discrete"
+        raise TrainingError(
+            f"agent {name} is for {other} actions but the dataset's action space is {kind}"
+        )
+    return agent
+
+
+def reward_multiplier(config: TrainConfig, arrays: TransitionArrays) -> float:
+    """The configured reward scale, or 1 / std of the training rewards."""
+    if config.reward_scale is not None:
+        return float(config.reward_scale)
+    std = float(np.std(arrays.rewards[arrays.transition_rows])) if arrays.n_transitions else 0.0
+    return 1.0 / std if std > 1e-12 else 1.0
+
+
+def build_algo(
+    agent: AgentConfig,
+    manifest: TransitionManifest,
+    *,
+    gamma: float,
+    multiplier: float,
+    device: str,
+    compile_graph: bool = False,
+) -> Any:
+    """Create the d3rlpy algo with explicit scalers and build its networks (``create_impl``)."""
+    from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
+
+    action_scaler = None
+    if not manifest.discrete:
+        action_scaler = MinMaxActionScaler(
+            minimum=manifest.action_low, maximum=manifest.action_high
+        )
+    reward_scaler = MultiplyRewardScaler(multiplier=multiplier)
+    algo = agent.create(
+        gamma=gamma,
+        device=device,
+        action_scaler=action_scaler,
+        reward_scaler=reward_scaler,
+        compile_graph=compile_graph,
+    )
+    algo.create_impl((manifest.n_features,), manifest.action_size)
+    return algo
+
+
+def validation_metrics(
+    algo: Any, arrays: TransitionArrays, gamma: float, multiplier: float, limit: int = 5_000
+) -> dict[str, float]:
+    """Cheap checks on held-out episodes (vectorised, at most ``limit`` transitions).
+
+    ``action_match``: share of decisions where the greedy action is the logged one (discrete) or
+    mean absolute gap to the logged action (continuous, ``action_mae``). For Q-learning agents:
+    ``td_error`` (mean squared TD error with the greedy next action, d3rlpy's
+    ``TDErrorEvaluator`` definition, scaled rewards) and ``initial_value`` (mean
+    Q(s0, pi(s0)) over the episodes' first steps, in currency units).
+    """
+    if arrays.n_rows == 0:
+        return {}
+    out: dict[str, float] = {}
+    rows = arrays.transition_rows[:limit]
+    obs = arrays.observations[rows]
+    greedy = algo.predict(obs)
+    if arrays.discrete:
+        out["action_match"] = float(np.mean(greedy.reshape(-1) == arrays.actions[rows]))
+    else:
+        out["action_mae"] = float(np.mean(np.abs(greedy - arrays.actions[rows])))
+    if _is_bc(algo):
+        return out
+    nxt = arrays.next_rows[:limit]
+    terminal = nxt < 0
+    next_obs = arrays.observations[np.where(terminal, rows, nxt)]
+    next_act = algo.predict(next_obs)
+    q = algo.predict_value(obs, arrays.actions[rows]).reshape(-1)
+    q_next = algo.predict_value(next_obs, next_act).reshape(-1)
+    target = arrays.rewards[rows] * multiplier + gamma * np.where(terminal, 0.0, q_next)
+    out["td_error"] = float(np.mean((q - target) ** 2))
+    first = np.flatnonzero(arrays.steps == 0)[:limit]
+    if first.size:
+        s0 = arrays.observations[first]
+        v0 = algo.predict_value(s0, algo.predict(s0)).reshape(-1)
+        out["initial_value"] = float(np.mean(v0) / multiplier)
+    return out
+
+
+def _is_bc(algo: Any) -> bool:
+    """Behaviour cloning has no Q-function."""
+    from offline_rl._quiet import import_d3rlpy
+
+    d3rlpy = import_d3rlpy()
+
+    return isinstance(algo, (d3rlpy.algos.DiscreteBC, d3rlpy.algos.BC))
+
+
+class _Curves:
+    """Loss curves: the mean of each loss over every ``log_every`` steps."""
+
+    def __init__(self, log_every: int, points: list[dict[str, float]] | None = None) -> None:
+        self.log_every = log_every
+        self.points: list[dict[str, float]] = points or []
+        self._sums: dict[str, float] = {}
+        self._count = 0
+
+    def add(self, step: int, losses: dict[str, float]) -> None:
+        for key, value in losses.items():
+            self._sums[key] = self._sums.get(key, 0.0) + float(value)
+        self._count += 1
+        if step % self.log_every == 0:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        if self._count:
+            point = {k: v / self._count for k, v in self._sums.items()}
+            point["step"] = float(step)
+            self.points.append(point)
+        self._sums, self._count = {}, 0
+
+    @property
+    def last(self) -> dict[str, float]:
+        return {k: v for k, v in self.points[-1].items() if k != "step"} if self.points else {}
+
+
+def _checkpoint_dir(out: Path, agent: str) -> Path:
+    return out / CHECKPOINTS / agent
+
+
+def latest_checkpoint(out: Path, agent: str) -> Path | None:
+    """The newest complete checkpoint of ``agent`` under ``out``, if any."""
+    folder = _checkpoint_dir(out, agent)
+    if not folder.is_dir():
+        return None
+    done = sorted(p for p in folder.glob("step_*") if (p / "state.json").is_file())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(
+    out: Path,
+    agent: str,
+    algo: Any,
+    trainer: FastTrainer | None,
+    curves: _Curves,
+    fingerprint: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    folder = _checkpoint_dir(out, agent)
+    folder.mkdir(parents=True, exist_ok=True)
+    step = int(algo.grad_step)
+    final = folder / f"step_{step:09d}"
+    tmp = folder / f".tmp_step_{step:09d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    algo.save_model(str(tmp / "model.pt"))
+    rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if trainer is not None:
+        rng["sampler"] = trainer.generator.get_state()
+    torch.save(rng, tmp / "rng.pt")
+    np_state: Any = np.random.get_state()
+    state = {
+        "step": step,
+        "curves": curves.points,
+        "fingerprint": fingerprint,
+        "numpy_rng": [np_state[0], np.asarray(np_state[1]).tolist(), *np_state[2:]],
+    }
+    # state.json last: its presence marks the checkpoint complete
+    write_json(tmp / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in sorted(folder.glob("step_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    log.info("checkpoint_saved", step=step, path=str(final))
+    return final
+
+
+def _load_checkpoint(
+    path: Path, algo: Any, trainer: FastTrainer | None, fingerprint: dict[str, Any]
+) -> tuple[int, list[dict[str, float]]]:
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    if state["fingerprint"] != fingerprint:
+        diff = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise TrainingError(
+            f"checkpoint {path} was made with another dataset or config (differs in {diff}); "
+            "train without --resume or into another --out"
+        )
+    algo.load_model(str(path / "model.pt"))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if trainer is not None and "sampler" in rng:
+        trainer.generator.set_state(rng["sampler"])
+    np_rng = state["numpy_rng"]
+    np.random.set_state((np_rng[0], np.asarray(np_rng[1], dtype=np.uint32), *np_rng[2:]))
+    algo.set_grad_step(int(state["step"]))
+    return int(state["step"]), list(state["curves"])
+
+
+def _fingerprint(
+    config: TrainConfig, agent: AgentConfig, manifest: TransitionManifest, n_rows: int
+) -> dict[str, Any]:
+    """What must be equal for a checkpoint to be resumed (not ``n_steps``: a run may extend)."""
+    return {
+        "agent": agent.name,
+        "agent_config": agent.model_dump(),
+        "seed": config.seed,
+        "reward_scale": config.reward_scale,
+        "gamma": config.gamma,
+        "split": [config.split, config.valid_fraction],
+        "fast_loop": config.fast_loop,
+        "data_sha256": manifest.sha256,
+        "n_rows": n_rows,
+    }
+
+
+def train(
+    data: Path | str,
+    out: Path | str,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train on the ETL output folder ``data``; write the artifact under ``out``."""
+    frame, manifest = load_transitions(data)
+    return train_on_frame(frame, manifest, out, config, resume=resume, progress=progress)
+
+
+def train_on_frame(
+    frame: pl.DataFrame,
+    manifest: TransitionManifest,
+    out: Path | str,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train on an in-memory transitions frame (sorted by episode and step) and its manifest."""
+    config = config or TrainConfig()
+    out = Path(out)
+    torch.set_num_threads(config.torch_threads)
+    agent = resolve_agent(config, manifest)
+    device = resolve_device(config.device)
+    gamma = config.gamma if config.gamma is not None else manifest.gamma
+
+    train_frame, valid_frame = split(frame, config.split, config.valid_fraction, config.seed)
+    train_arrays = to_arrays(train_frame, manifest)
+    if train_arrays.n_transitions == 0:
+        raise TrainingError("no training transitions (every episode is a one-step timeout?)")
+    valid_arrays = to_arrays(valid_frame, manifest) if valid_frame.height else None
+    multiplier = reward_multiplier(config, train_arrays)
+    fingerprint = _fingerprint(config, agent, manifest, frame.height)
+
+    from offline_rl._quiet import import_d3rlpy
+
+    d3rlpy = import_d3rlpy()
+
+    d3rlpy.seed(config.seed)
+    on_cuda = device.startswith("cuda")
+    algo = build_algo(
+        agent,
+        manifest,
+        gamma=gamma,
+        multiplier=multiplier,
+        device=device,
+        compile_graph=config.compile and on_cuda,
+    )
+    trainer = (
+        FastTrainer(algo, to_tensors(train_arrays, algo, device), seed=config.seed)
+        if config.fast_loop
+        else None
+    )
+    curves = _Curves(config.log_every)
+    start = 0
+    resumed_from: int | None = None
+    if resume:
+        ckpt = latest_checkpoint(out, agent.name)
+        if ckpt is None:
+            log.warning("resume_without_checkpoint_starting_fresh", out=str(out))
+        else:
+            start, points = _load_checkpoint(ckpt, algo, trainer, fingerprint)
+            curves = _Curves(config.log_every, points)
+            resumed_from = start
+            log.info("resumed", step=start, checkpoint=str(ckpt))
+    if start > config.n_steps:
+        raise TrainingError(f"the checkpoint is at step {start}, beyond n_steps={config.n_steps}")
+    if config.compile and not on_cuda and trainer is not None:
+        compile_update(algo)
+
+    log.info(
+        "training",
+        agent=agent.name,
+        device=device,
+        steps=config.n_steps,
+        start=start,
+        transitions=train_arrays.n_transitions,
+        episodes=train_arrays.n_episodes,
+        valid_episodes=valid_arrays.n_episodes if valid_arrays else 0,
+        gamma=gamma,
+        reward_multiplier=multiplier,
+    )
+    began = time.perf_counter()
+    if trainer is not None:
+        _run_fast(trainer, algo, start, config, curves, out, agent, fingerprint, progress)
+    else:
+        _run_stock(algo, train_arrays, start, config, curves, out, agent, fingerprint)
+    elapsed = max(time.perf_counter() - began, 1e-9)
+    speed = (config.n_steps - start) / elapsed
+
+    validation = validation_metrics(algo, valid_arrays, gamma, multiplier) if valid_arrays else {}
+    behaviour = _behaviour_check(train_frame, valid_frame, manifest, config)
+    artifact = write_artifact(
+        out / agent.name,
+        algo,
+        config=config,
+        agent=agent,
+        manifest=manifest,
+        gamma=gamma,
+        multiplier=multiplier,
+        metrics={
+            "curves": curves.points,
+            "validation": validation,
+            "updates_per_second": speed,
+            "train_transitions": train_arrays.n_transitions,
+            "train_episodes": train_arrays.n_episodes,
+            "valid_episodes": valid_arrays.n_episodes if valid_arrays else 0,
+            "behaviour_check": behaviour,
+        },
+        split_info={
+            "split": config.split,
+            "valid_fraction": config.valid_fraction,
+            "train_rows": train_frame.height,
+            "valid_rows": valid_frame.height,
+        },
+    )
+    log.info("trained", artifact=str(artifact), updates_per_second=round(speed, 1), **validation)
+    return TrainResult(
+        artifact=artifact,
+        agent=agent.name,
+        n_steps=int(algo.grad_step),
+        final_losses=curves.last,
+        validation=validation,
+        updates_per_second=speed,
+        resumed_from=resumed_from,
+        algo=algo,
+    )
+
+
+def _behaviour_check(
+    train_frame: pl.DataFrame,
+    valid_frame: pl.DataFrame,
+    manifest: TransitionManifest,
+    config: TrainConfig,
+) -> dict[str, float]:
+    """The behaviour model beside the logged propensities (``metrics.json``); never fatal."""
+    from offline_rl.behaviour import behaviour_report
+
+    if not config.behaviour.check:
+        return {}
+    try:
+        report = behaviour_report(train_frame, valid_frame, manifest, config.behaviour)
+    except (ValueError, TrainingError) as exc:
+        log.warning("behaviour_check_skipped", reason=str(exc)[:200])
+        return {}
+    if report:
+        log.info("behaviour_check", **{k: round(v, 4) for k, v in report.items()})
+    return report
+
+
+def _run_fast(
+    trainer: FastTrainer,
+    algo: Any,
+    start: int,
+    config: TrainConfig,
+    curves: _Curves,
+    out: Path,
+    agent: AgentConfig,
+    fingerprint: dict[str, Any],
+    progress: bool | None,
+) -> None:
+    bar = tqdm(
+        total=config.n_steps,
+        initial=start,
+        desc=f"train {agent.name}",
+        disable=(not progress) if progress is not None else None,
+        mininterval=1.0,
+    )
+    with bar:
+        for step in range(start + 1, config.n_steps + 1):
+            curves.add(step, trainer.step())
+            if step % config.checkpoint_every == 0 and step < config.n_steps:
+                _save_checkpoint(out, agent.name, algo, trainer, curves, fingerprint)
+            if step % 100 == 0:
+                bar.update(100)
+        bar.update(config.n_steps - bar.n)
+    curves.flush(config.n_steps)
+    _save_checkpoint(out, agent.name, algo, trainer, curves, fingerprint)
+
+
+def _run_stock(
+    algo: Any,
+    arrays: TransitionArrays,
+    start: int,
+    config: TrainConfig,
+    curves: _Curves,
+    out: Path,
+    agent: AgentConfig,
+    fingerprint: dict[str, Any],
+) -> None:
+    """d3rlpy's own ``fit()``, in chunks of ``checkpoint_every`` steps (each chunk one epoch, so
+    no step is lost to d3rlpy's epoch rounding)."""
+    from d3rlpy.logging import NoopAdapterFactory
+
+    dataset = to_mdp_dataset(arrays)
+    step = start
+    while step < config.n_steps:
+        chunk = min(config.checkpoint_every - step % config.checkpoint_every, config.n_steps - step)
+        results = algo.fit(
+            dataset,
+            n_steps=chunk,
+            n_steps_per_epoch=chunk,
+            logger_adapter=NoopAdapterFactory(),
+            show_progress=False,
+            save_interval=10**9,
+        )
+        step += chunk
+        for _, metrics in results:
+            point = {k: float(v) for k, v in metrics.items() if not k.startswith("time_")}
+            point["step"] = float(step)
+            curves.points.append(point)
+        _save_checkpoint(out, agent.name, algo, None, curves, fingerprint)
+    if int(algo.grad_step) != config.n_steps:  # pragma: no cover - guards d3rlpy's rounding
+        raise TrainingError(f"d3rlpy trained {algo.grad_step} steps, expected {config.n_steps}")
+
+
+def write_artifact(
+    folder: Path,
+    algo: Any,
+    *,
+    config: TrainConfig,
+    agent: AgentConfig,
+    manifest: TransitionManifest,
+    gamma: float,
+    multiplier: float,
+    metrics: dict[str, Any],
+    split_info: dict[str, Any],
+) -> Path:
+    """Write the artifact folder (built beside it, then swapped in) and its ``SHA256SUMS``."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    algo.save(str(tmp / LEARNABLE_NAME))
+    algo.save_model(str(tmp / "model.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # d3rlpy's scalers trip the tracer's shape warnings
+        algo.save_policy(str(tmp / "policy.pt"))
+    onnx = bool(config.onnx) and export_onnx(algo, tmp / "policy.onnx")
+    resolved = config.model_dump(mode="json")
+    for name in AGENT_CONFIGS:
+        resolved.pop(name, None)
+    resolved.update(agent=agent.name, agent_config=agent.model_dump(mode="json"), gamma=gamma)
+    write_json(tmp / "config.json", resolved)
+    space = manifest.data["action_space"]
+    write_json(
+        tmp / "scalers.json",
+        {
+            "observation": None,
+            "action": (
+                None
+                if manifest.discrete
+                else {"type": "min_max", "minimum": space["low"], "maximum": space["high"]}
+            ),
+            "reward_multiplier": multiplier,
+        },
+    )
+    write_json(
+        tmp / "data.json",
+        {
+            "manifest_sha256": manifest.sha256,
+            "manifest_path": str(manifest.path) if manifest.path else None,
+            "action_space": space,
+            "feature_names": manifest.feature_names,
+            "scenario": manifest.data.get("scenario"),
+            "gamma": manifest.gamma,
+            **split_info,
+        },
+    )
+    write_json(tmp / "metrics.json", {**metrics, "onnx_exported": onnx})
+    write_json(tmp / "version.json", code_version())
+    write_checksums(tmp)
+    if folder.exists():
+        old = folder.parent / f".{folder.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(folder)
+    return folder
