@@ -156,6 +156,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             render_report(inputs, scratch / "report")
             timings["report_s"] = time.perf_counter() - clock
 
+            artifact = candidate.artifact.relative_to(scratch)
             verdict = result.candidate("candidate").verdict
             approved = verdict.decision == "approve"
             exit_code = EXIT_APPROVED if approved else EXIT_REJECTED
@@ -164,6 +165,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
                 "verdict": verdict.decision,
                 "reason": verdict.decided_by,
                 "exit_code": exit_code,
+                "candidate_artifact": str(artifact),
                 "production_policy": str(production.relative_to(runs_dir)) if production else None,
                 "backfill": backfill,
                 "etl_counts": etl_result.counts,
@@ -176,7 +178,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
         if approved:
             approvals.mkdir(parents=True, exist_ok=True)
             tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"artifact": f"{date.isoformat()}/candidate"}))
+            tmp.write_text(json.dumps({"artifact": f"{date.isoformat()}/{artifact}"}))
             tmp.replace(record)
         elif record.exists():  # a rerun that now rejects withdraws that date's approval
             record.unlink()

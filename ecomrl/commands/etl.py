@@ -56,12 +56,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         config: Annotated[
-            Path | None, typer.Option("--config", help="ecomrl TOML config; its [etl] table.")
+            Path | None,
+            typer.Option("--config", help="ecomrl TOML config (its etl table: windows, "
+                         "reward, mapping, buckets)."),
         ] = None,
         buckets: Annotated[
             int | None,
             typer.Option("--buckets", help="Process users in this many hash buckets "
-                         "(less memory); overrides [etl].n_buckets."),
+                         "(less memory); overrides etl.n_buckets in the config."),
         ] = None,
     ) -> None:
         """Validate, clean and attribute raw logs, build states as of each decision, and write
