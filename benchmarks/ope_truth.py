@@ -47,6 +47,12 @@ def main() -> None:
     parser.add_argument("--datasets", type=int, default=None)
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--resamples", type=int, default=200)
+    parser.add_argument(
+        "--simulator",
+        type=int,
+        default=None,
+        help="simulator worlds for the second table (default 12, --small 3; 0 skips it)",
+    )
     args = parser.parse_args()
     n_datasets = args.datasets or (50 if args.small else 300)
     mdp = TabularMDP.random(n_states=4, n_actions=3, horizon=5, seed=1)

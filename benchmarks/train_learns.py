@@ -88,7 +88,7 @@ def run_space(
 ) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {"logging": []}
     for seed in seeds:
-        sim = SimulatorConfig(n_users=users, seed=seed, action_space=space)  # type: ignore[arg-type]
+        sim = SimulatorConfig(n_users=users, seed=seed, action_space=space)
         t0 = time.perf_counter()
         logs = simulate(sim)
         etl = build_transitions(logs.events, logs.orders, EtlConfig())
@@ -150,7 +150,7 @@ def run_space(
                 f"{greedy.ci_high:7.3f}]  diff {greedy.value - base.value:+7.3f} (paired "
                 f"{mean:+.3f} +- {half:.3f})  mix " + "/".join(f"{x:.2f}" for x in mix)
             )
-        runs = [(agent, agent, {}) for agent in agents] + extra
+        runs: list[tuple[str, str, dict[str, Any]]] = [(a, a, {}) for a in agents] + extra
         for label, agent, overrides in runs:
             t1 = time.perf_counter()
             trained = train_on_frame(
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             res = run_space(
                 "discrete",
                 DISCRETE,
+                diagnostics=args.diagnostics,
                 users=users,
                 eval_users=eval_users,
                 steps=steps,

@@ -124,8 +124,9 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             candidate = train_on_frame(train_frame, manifest, scratch / "candidate", config.train)
             policies: list[Any] = [_named(load_artifact(candidate.artifact), "candidate")]
             if run.bc_baseline:
+                discrete = manifest.data["action_space"]["type"] == "discrete"
                 bc_config = TrainConfig.model_validate(
-                    {**config.train.model_dump(), "agent": "bc"}
+                    {**config.train.model_dump(), "agent": "discrete_bc" if discrete else "bc"}
                 )
                 bc = train_on_frame(train_frame, manifest, scratch / "baseline_bc", bc_config)
                 policies.append(_named(load_artifact(bc.artifact), "baseline:bc"))

@@ -155,8 +155,13 @@ def _money(expr: pl.Expr) -> pl.Expr:
     return (expr * MICRO).round(0).cast(pl.Int64)
 
 
-def _user_h(col: str | pl.Expr) -> pl.Expr:
-    return (pl.col(col) if isinstance(col, str) else col).hash(seed=11)
+def _h(col: str, seed: int) -> pl.Expr:
+    """64-bit hash of a string column, null where it is null (polars hashes null too)."""
+    return pl.when(pl.col(col).is_not_null()).then(pl.col(col).hash(seed=seed))
+
+
+def _user_h(col: str) -> pl.Expr:
+    return _h(col, 11)
 
 
 def _history_keys(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
@@ -170,8 +175,8 @@ def _history_keys(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     primary = rows.with_columns(
         pl.coalesce(
             _user_h("user_id"),
-            pl.col("anonymous_id").hash(seed=12),
-            pl.col("session_id").hash(seed=13),
+            _h("anonymous_id", 12),
+            _h("session_id", 13),
         ).alias(KEY),
         ts.alias(AVAIL),
     )
@@ -188,8 +193,8 @@ def _decision_key() -> pl.Expr:
     return pl.coalesce(
         _user_h("user_id"),
         pl.when(linked_before).then(_user_h(LINK_USER)),
-        pl.col("anonymous_id").hash(seed=12),
-        pl.col("session_id").hash(seed=13),
+        _h("anonymous_id", 12),
+        _h("session_id", 13),
     ).alias(KEY)
 
 

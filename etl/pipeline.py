@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -65,34 +66,60 @@ class EtlResult:
 
 # ----------------------------------------------------------------------------- local engine
 def run_local(
-    events: pl.LazyFrame, orders: pl.LazyFrame, g: GlobalInputs, config: EtlConfig
+    events: pl.LazyFrame, orders: pl.LazyFrame, g: GlobalInputs, config: EtlConfig,
+    *, spill: bool = False,
 ) -> PartitionOutput:
-    """Run the core transform per user-hash bucket and concatenate the sorted results."""
+    """Run the core transform per user-hash bucket and concatenate the sorted results.
+
+    With ``spill`` (inputs scanned from files), one streaming pass first writes each bucket's
+    rows to a temporary Parquet folder, so that the input is read once and only one bucket is
+    ever in memory; otherwise each bucket is filtered from the (in-memory) frames.
+    """
     n = config.n_buckets
     links = g.links.lazy()
 
     def bucketed(lf: pl.LazyFrame) -> pl.LazyFrame:
-        if n == 1:
-            return lf
         key = user_key_expr().fill_null("")
         return (
             lf.join(links, on="anonymous_id", how="left", maintain_order="left")
-            .with_columns((key.hash(seed=0) % n).alias(_BUCKET))
+            .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
             .drop(LINK_USER, LINK_TS)
         )
 
-    ev_b, od_b = bucketed(events), bucketed(orders)
+    if n == 1:
+        ev, od = pl.collect_all([events, orders])
+        out = transform_partition(ev, od, g, config)
+        return PartitionOutput(
+            out.transitions, out.quarantine.sort("source_table", "source_file", "row_number"),
+            out.counts,
+        )
     outs: list[PartitionOutput] = []
-    for b in tqdm(range(n), desc="etl buckets", disable=n == 1, leave=False):
-        if n == 1:
-            ev, od = pl.collect_all([ev_b, od_b])
-        else:  # streaming: only this bucket's rows are ever held in memory
-            ev, od = pl.collect_all([
-                ev_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET),
-                od_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET),
-            ], engine="streaming")
-        outs.append(transform_partition(ev, od, g, config))
-        log.debug("bucket done", bucket=b, events=ev.height, decisions=outs[-1].transitions.height)
+    with tempfile.TemporaryDirectory(prefix="ecomrl-etl-buckets-") as tmp:
+        schemas = {"events": events.collect_schema(), "orders": orders.collect_schema()}
+        if spill:
+            for table, lf in (("events", events), ("orders", orders)):
+                bucketed(lf).sink_parquet(
+                    pl.PartitionBy(Path(tmp) / table, key=_BUCKET, include_key=False),
+                    mkdir=True,
+                )
+        else:
+            ev_b, od_b = bucketed(events), bucketed(orders)
+
+        def load(table: str, b: int) -> pl.DataFrame:
+            if not spill:
+                lf = ev_b if table == "events" else od_b
+                return lf.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
+            folder = Path(tmp) / table / f"{_BUCKET}={b}"
+            if not folder.is_dir():
+                return pl.DataFrame(schema=schemas[table])
+            frame = pl.read_parquet(folder / "*.parquet", hive_partitioning=False)
+            return frame.cast(dict(schemas[table]))  # type: ignore[arg-type]
+
+        for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
+            ev, od = load("events", b), load("orders", b)
+            outs.append(transform_partition(ev, od, g, config))
+            log.debug("bucket done", bucket=b, events=ev.height,
+                      decisions=outs[-1].transitions.height)
     return PartitionOutput(
         pl.concat([o.transitions for o in outs]).sort("episode_id", "step"),
         pl.concat([empty_quarantine(), *[o.quarantine for o in outs]]).sort(
@@ -374,7 +401,7 @@ def run_etl(
         g.output_dates = (day, day)
         g.count_dates = (day, day)
     g.scaling = _load_scaling(config, out_root, spec, prefer_existing=day is not None)
-    out = run_local(events, orders, g, config)
+    out = run_local(events, orders, g, config, spill=config.n_buckets > 1)
 
     in_frames = [("events", events), ("orders", orders)]
     rows_in = _rows_in(in_frames)

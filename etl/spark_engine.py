@@ -102,8 +102,8 @@ INSTALL_HINT = (
 FAST_START_CONF: dict[str, str] = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    "spark.sql.shuffle.partitions": "4",
-    "spark.default.parallelism": "4",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
     "spark.driver.memory": "1g",
     "spark.driver.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
     "spark.executor.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
@@ -636,7 +636,7 @@ def run_etl_spark(
     out_root: Path | str,
     config: EtlConfig | None = None,
     *,
-    master: str = "local[1]",
+    master: str | None = None,
     date: dt.date | str | None = None,
     spark: SparkSession | None = None,
     settings: SparkConfig | None = None,
@@ -645,8 +645,10 @@ def run_etl_spark(
 ) -> EtlResult:
     """:func:`etl.pipeline.run_etl` on Spark: same inputs, same outputs, same result.
 
-    ``master``: the Spark master URL (ignored when ``spark`` or ``settings`` is given, or a
-    session is already active); ``settings``: the full :class:`SparkConfig`; ``date``: the
+    ``settings``: the Spark settings (default: ``config.spark`` when the ETL config has that
+    table, else :class:`SparkConfig` defaults, i.e. ``local[1]``); ``master``: overrides its
+    master URL (both are ignored when ``spark`` is given or a session is already active, as
+    under spark-submit or on Databricks); ``date``: the
     nightly run of one decision date (that day's rows are collected to the driver and written
     by the local writer, so the files are the local engine's, byte for byte). ``collect``: read
     the written transitions and quarantine back into the result (as ``run_etl`` returns them);
@@ -654,7 +656,11 @@ def run_etl_spark(
     wall seconds of each step (``session``, ``global_steps``, ``transform``, ...).
     """
     config = config or EtlConfig()
-    settings = settings or SparkConfig(master=master)
+    if settings is None:
+        from_config = getattr(config, "spark", None)
+        settings = from_config if isinstance(from_config, SparkConfig) else SparkConfig()
+    if master is not None:
+        settings = settings.model_copy(update={"master": master})
     input_root, out_root = Path(input_root), Path(out_root)
     day = dt.date.fromisoformat(date) if isinstance(date, str) else date
     laps = _Laps(timings)
@@ -662,15 +668,25 @@ def run_etl_spark(
     laps.lap("session")
     parts = settings.partitions or max(1, 2 * session.sparkContext.defaultParallelism)
     with _spark_errors():
-        return _run(session, input_root, out_root, config, day, parts, collect, laps)
+        cached: list[DataFrame] = []
+        try:
+            return _run(session, input_root, out_root, config, day, parts, collect, laps, cached)
+        finally:
+            for df in cached:
+                df.unpersist()
 
 
 def _run(
     spark: SparkSession, input_root: Path, out_root: Path, config: EtlConfig,
-    day: dt.date | None, parts: int, collect: bool, laps: _Laps,
+    day: dt.date | None, parts: int, collect: bool, laps: _Laps, cached: list[DataFrame],
 ) -> EtlResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
+
+    def keep(df: DataFrame) -> DataFrame:
+        """Cache a frame that several jobs read (dropped when the run ends)."""
+        cached.append(df.persist(StorageLevel.MEMORY_AND_DISK))
+        return cached[-1]
 
     files = discover(input_root)
     continuous = action_is_continuous(files, config)
@@ -684,8 +700,7 @@ def _run(
 
     ev_read = _read(spark, files, "events", config, space, parts)
     od_read = _read(spark, files, "orders", config, space, parts)
-    ev_read = ev_read.persist(StorageLevel.MEMORY_AND_DISK)
-    od_read = od_read.persist(StorageLevel.MEMORY_AND_DISK)
+    ev_read, od_read = keep(ev_read), keep(od_read)
     all_ev, all_od = _rows(ev_read, ev_schema), _rows(od_read, od_schema)
     if day is None:
         used_files = files
@@ -704,14 +719,16 @@ def _run(
 
     # --- global steps, once: identity links of every file (both modes, as run_etl), the
     # duplicates and the data end of the rows this run transforms
-    link_pairs = ev_read.unionByName(od_read).filter(F.col(_KIND) == "link")
-    links = _links(link_pairs, parts).persist(StorageLevel.MEMORY_AND_DISK)
-    dups = _duplicates(events, orders, ev_schema=ev_schema, od_schema=od_schema, config=config,
-                       space=space, parts=parts).persist(StorageLevel.MEMORY_AND_DISK)
+    partial_cols = ["anonymous_id", "user_id", "ts", _KIND, "end_us"]
+    read_partials = ev_read.select(*partial_cols).unionByName(od_read.select(*partial_cols))
+    link_pairs = read_partials.filter(F.col(_KIND) == "link")
+    links = keep(_links(link_pairs, parts))
+    dups = keep(_duplicates(events, orders, ev_schema=ev_schema, od_schema=od_schema,
+                            config=config, space=space, parts=parts))
     end_us = _data_end_us(files)
     if end_us is None:
         if day is None:
-            ends = ev_read.unionByName(od_read)
+            ends = read_partials
         else:
             ends = _global_partials(events, orders, ev_schema=ev_schema, od_schema=od_schema,
                                     config=config, space=space, parts=parts)
@@ -729,7 +746,7 @@ def _run(
     # --- the transform, once per user partition
     out = _transform(events, orders, links, dups, g, config, ev_schema=ev_schema,
                      od_schema=od_schema, parts=parts, n_features=n_feat)
-    out = out.persist(StorageLevel.MEMORY_AND_DISK)
+    out = keep(out)
 
     # --- accounting (before anything is written, as in the local engine)
     counts = _collect(out.filter(F.col(_KIND) == _COUNT), COUNT_SCHEMA)
@@ -784,8 +801,6 @@ def _run(
         manifest = _write_day(out_root, day, trans, quar, config, space, spec, fitted,
                               by_date, inputs)
     laps.lap("write")
-    for df in (out, links, dups, ev_read, od_read):
-        df.unpersist()
     totals = manifest["counts"] if day is None else _totals(by_date)
     log.info("etl done", engine="spark", transitions=trans.height, quarantined=quar.height,
              out=str(out_root), counts=totals)

@@ -30,7 +30,7 @@ from evaluation.estimators import ESTIMATORS
 from evaluation.estimators.base import OffPolicyEstimator, OPEInput
 from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
 from evaluation.estimators.on_policy import OnPolicyValue
-from evaluation.intervals import IntervalSummary, summarise
+from evaluation.intervals import IntervalSummary, ResampleCounts, summarise
 from evaluation.propensity import CalibrationReport, fill_missing_propensities
 
 log = structlog.get_logger(__name__)
@@ -150,6 +150,7 @@ class EvaluationResult:
                     "bins": calibration.get("reliability", []),
                     "method": calibration.get("method"),
                 },
+                "notes": self.notes(),
                 "n_episodes": self.n_episodes,
                 "n_decisions": self.n_decisions,
                 "gamma": self.gamma,
@@ -167,6 +168,7 @@ class EvaluationResult:
                         "diagnostics": c.diagnostics,
                         "estimates": [asdict(e) for e in c.estimates],
                         "skipped": c.skipped,
+                        "notes": [f"{k} not computed: {v}" for k, v in c.skipped.items()],
                     }
                     for c in self.candidates
                 ],
@@ -174,6 +176,25 @@ class EvaluationResult:
                 "approval_config": self.approval_config,
             }
         )
+
+    def notes(self) -> list[str]:
+        """Plain-language caveats of this evaluation (shown by the report)."""
+        out = []
+        if self.propensity.get("estimated"):
+            out.append(str(self.propensity.get("note")))
+        estimators = self.config.get("estimators", [])
+        if "dm" in estimators or "dm_bandit" in estimators:
+            out.append(
+                "The direct method's interval resamples episodes but not the model fit, so it "
+                "understates its uncertainty; the approval rule uses "
+                f"{self.config.get('primary_estimator')}."
+            )
+        if self.config.get("clipping", {}).get("max_weight") is not None:
+            out.append(
+                f"Importance weights were clipped at {self.config['clipping']['max_weight']}: "
+                "the clipped estimates are biased; see each candidate's clipping_effect."
+            )
+        return out
 
     def to_frame(self) -> pl.DataFrame:
         """Tidy frame: one row per (policy, estimator); the behaviour's own value included."""
@@ -341,6 +362,13 @@ def evaluate_candidates(
     )
     propensity = _propensity_summary(episodes, calibration)
 
+    counts = ResampleCounts(
+        episodes.n_episodes,
+        cfg.bootstrap.n_resamples,
+        seed=cfg.bootstrap.seed,
+        scheme=cfg.bootstrap.scheme,
+        chunk_size=cfg.bootstrap.chunk_size,
+    )
     behaviour_inp = OPEInput(episodes, episodes.behaviour_propensity.copy())
     on_policy = OnPolicyValue()
     b_summary = summarise(
@@ -351,13 +379,16 @@ def evaluate_candidates(
         seed=cfg.bootstrap.seed,
         chunk_size=cfg.bootstrap.chunk_size,
         scheme=cfg.bootstrap.scheme,
+        counts=counts,
     )[0]
     behaviour = EstimatorResult.from_summary(on_policy, b_summary, cfg.bootstrap.method)
 
     results = []
     for policy in tqdm(policies, desc="evaluate", unit="policy", disable=len(policies) < 2):
         results.append(
-            _evaluate_one(episodes, policy, names, dict(skipped), cfg, appr, behaviour, propensity)
+            _evaluate_one(
+                episodes, policy, names, dict(skipped), cfg, appr, behaviour, propensity, counts
+            )
         )
     return EvaluationResult(
         behaviour=behaviour,
@@ -404,6 +435,7 @@ def _evaluate_one(
     appr: ApprovalConfig,
     behaviour: EstimatorResult,
     propensity: dict[str, Any],
+    counts: ResampleCounts | None = None,
 ) -> CandidateResult:
     probs = policy.probabilities(data, cfg.kernel)
     model = None
@@ -445,6 +477,7 @@ def _evaluate_one(
         seed=cfg.bootstrap.seed,
         chunk_size=cfg.bootstrap.chunk_size,
         scheme=cfg.bootstrap.scheme,
+        counts=counts,
     )
     results = [
         EstimatorResult.from_summary(e, s, cfg.bootstrap.method)

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,17 +79,20 @@ class _ResampledSums:
             self.offsets.append(self.offsets[-1] + s.width)
         self.width = self.offsets[-1]
         if n * self.width <= _DENSE_LIMIT:
-            dense = np.hstack(
-                [
-                    np.asarray(s.matrix if isinstance(s.matrix, np.ndarray) else s.matrix.toarray())
-                    for s in stats
-                ]
-            ).astype(np.float32)
+            dense = np.zeros((n, self.width), dtype=np.float32)
+            for s, off in zip(stats, self.offsets, strict=False):
+                if isinstance(s.matrix, np.ndarray):
+                    dense[:, off : off + s.width] = s.matrix
+                else:
+                    coo = s.matrix.tocoo()
+                    dense[coo.row, off + coo.col] = coo.data
             self.perm = np.argsort(-np.count_nonzero(dense, axis=1), kind="stable")
             ordered: np.ndarray | sp.csr_matrix = dense[self.perm]
+            del dense
             nonzero = ordered != 0
             any_nz = nonzero.any(axis=0)
             prefix = np.where(any_nz, n - np.argmax(nonzero[::-1], axis=0), 0)
+            del nonzero
         else:
             matrix = sp.hstack([sp.csr_matrix(s.matrix) for s in stats], format="csr")
             matrix.eliminate_zeros()
@@ -123,6 +126,58 @@ class _ResampledSums:
         return out
 
 
+class ResampleCounts:
+    """The bootstrap's resample counts, drawn in chunks and shareable between summaries.
+
+    Counts depend only on (N, number of resamples, seed, scheme); an evaluation draws them once
+    and reuses them for the behaviour policy and every candidate. They are kept as uint8 (a
+    count above 255 has probability ~1e-500) when they fit in ``max_cells``, else redrawn from
+    the seed on each use (identical either way).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        n_resamples: int,
+        *,
+        seed: int = 0,
+        scheme: str = "poisson",
+        chunk_size: int = 100,
+        max_cells: int = 200_000_000,
+    ) -> None:
+        if scheme not in ("poisson", "multinomial"):
+            raise ValueError(f"unknown bootstrap scheme {scheme!r}")
+        self.n = n
+        self.n_resamples = n_resamples
+        self.seed = seed
+        self.scheme = scheme
+        # Large chunks keep the matrix products efficient (BLAS is slow for a few rows); the
+        # cap bounds the memory of one chunk.
+        self.chunk = max(chunk_size, min(n_resamples, _CHUNK_CELLS // max(1, n)))
+        self.keep = n * n_resamples <= max_cells
+        self._stored: list[np.ndarray] | None = None
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        """Successive (size, N) float32 blocks of counts, n_resamples rows in all."""
+        if self._stored is not None:
+            for block in self._stored:
+                yield block.astype(np.float32)
+            return
+        rng = np.random.default_rng(self.seed)
+        draw = poisson_counts if self.scheme == "poisson" else resample_counts
+        stored: list[np.ndarray] = []
+        done = 0
+        while done < self.n_resamples:
+            size = min(self.chunk, self.n_resamples - done)
+            counts = draw(self.n, size, rng)
+            if self.keep:
+                stored.append(counts.astype(np.uint8))
+            yield counts
+            done += size
+        if self.keep:
+            self._stored = stored
+
+
 def bootstrap_values(
     stats: Sequence[EpisodeStatistics],
     *,
@@ -130,25 +185,24 @@ def bootstrap_values(
     seed: int = 0,
     chunk_size: int = 100,
     scheme: str = "poisson",
+    counts: ResampleCounts | None = None,
 ) -> np.ndarray:
     """Bootstrap replicates of every estimator: array (n_resamples, len(stats)).
 
     ``scheme`` is ``poisson`` (default, Poisson(1) counts per episode) or ``multinomial``
-    (the classic resampling of exactly N episodes with replacement).
+    (the classic resampling of exactly N episodes with replacement); ``counts`` reuses counts
+    drawn for another summary of the same episodes.
     """
     sums_of = _ResampledSums(stats)
-    n = sums_of.n
-    rng = np.random.default_rng(seed)
-    draw = poisson_counts if scheme == "poisson" else resample_counts
+    if counts is None or counts.n != sums_of.n or counts.n_resamples != n_resamples:
+        counts = ResampleCounts(
+            sums_of.n, n_resamples, seed=seed, scheme=scheme, chunk_size=chunk_size, max_cells=0
+        )
     out = np.empty((n_resamples, len(stats)))
-    # Large chunks keep the matrix products efficient (BLAS is slow for a few rows); the cap
-    # bounds the memory of the counts.
-    chunk = max(chunk_size, min(n_resamples, _CHUNK_CELLS // max(1, n)))
     done = 0
-    while done < n_resamples:
-        size = min(chunk, n_resamples - done)
-        counts = draw(n, size, rng)
-        _combine_into(out[done : done + size], stats, sums_of(counts), counts, sums_of.offsets)
+    for block in counts.chunks():
+        size = block.shape[0]
+        _combine_into(out[done : done + size], stats, sums_of(block), block, sums_of.offsets)
         done += size
     return out
 
@@ -289,13 +343,19 @@ def summarise(
     seed: int = 0,
     chunk_size: int = 100,
     scheme: str = "poisson",
+    counts: ResampleCounts | None = None,
 ) -> list[IntervalSummary]:
     """Estimates, standard errors, intervals and lower bounds of several estimators at once."""
     if not stats:
         return []
     boot = (
         bootstrap_values(
-            stats, n_resamples=n_resamples, seed=seed, chunk_size=chunk_size, scheme=scheme
+            stats,
+            n_resamples=n_resamples,
+            seed=seed,
+            chunk_size=chunk_size,
+            scheme=scheme,
+            counts=counts,
         )
         if n_resamples > 1
         else None

@@ -33,14 +33,15 @@ def cumulative_weights(data: EpisodeData, rho: FloatArray) -> tuple[FloatArray, 
     Loops over positions within episodes (at most the longest episode), each iteration a
     vectorised gather over the episodes that are that long: O(n) work in total.
     """
-    pos = positions(data)
-    order = np.argsort(pos, kind="stable")
-    bounds = np.searchsorted(pos[order], np.arange(int(pos.max()) + 2))
+    first = data.first_row
+    lengths = data.lengths
+    by_length = np.argsort(-lengths, kind="stable")
+    # number of episodes longer than t, for t = 0..max_len-1
+    longer = np.searchsorted(-lengths[by_length], -np.arange(int(lengths.max())), side="left")
     w = np.empty_like(rho, dtype=np.float64)
-    first = order[bounds[0] : bounds[1]]
     w[first] = rho[first]
-    for t in range(1, len(bounds) - 1):
-        rows = order[bounds[t] : bounds[t + 1]]
+    for t in range(1, len(longer)):
+        rows = first[by_length[: longer[t]]] + t
         w[rows] = w[rows - 1] * rho[rows]
     w_prev = np.ones_like(w)
     not_first = ~data.is_first

@@ -42,6 +42,7 @@ from offline_rl.data import (
     load_transitions,
     to_arrays,
     to_mdp_dataset,
+    validate_transitions,
 )
 from offline_rl.errors import TrainingError
 from offline_rl.fast_loop import FastTrainer, compile_update, to_tensors
@@ -321,9 +322,11 @@ def train_on_frame(
     resume: bool = False,
     progress: bool | None = None,
 ) -> TrainResult:
-    """Train on an in-memory transitions frame (sorted by episode and step) and its manifest."""
+    """Train on an in-memory transitions frame and its manifest (sorted and validated here)."""
     config = config or TrainConfig()
     out = Path(out)
+    frame = frame.sort(["episode_id", "step"], maintain_order=True)
+    validate_transitions(frame, manifest)
     torch.set_num_threads(config.torch_threads)
     agent = resolve_agent(config, manifest)
     device = resolve_device(config.device)
@@ -475,6 +478,7 @@ def _run_fast(
         for step in range(start + 1, config.n_steps + 1):
             curves.add(step, trainer.step())
             if step % config.checkpoint_every == 0 and step < config.n_steps:
+                curves.flush(step)  # so that a resumed run has the same curve points
                 _save_checkpoint(out, agent.name, algo, trainer, curves, fingerprint)
             if step % 100 == 0:
                 bar.update(100)

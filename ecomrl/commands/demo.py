@@ -77,21 +77,28 @@ def _truth(sample: Path, run_dir: Path, dataset: Path, n_users: int) -> None:
 
     sim_config = SimulatorConfig.model_validate_json((sample / "_simulator.json").read_text())
     hook = ObservationBuilder.from_manifest(dataset / "_manifest.json")
+    summary = json.loads((run_dir / "run.json").read_text())
     seed = sim_config.seed + 1_000_003  # users the logs never saw
     results = {
         "logging policy": rollout(
             logging_policy(sim_config), sim_config, n_users=n_users, seed=seed
         ),
         "candidate": rollout(
-            load_policy(run_dir / "candidate"), sim_config, observation_hook=hook,
+            load_policy(run_dir / summary["candidate_artifact"]), sim_config,
+            observation_hook=hook,
             n_users=n_users, seed=seed,
         ),
     }
     ope = json.loads((run_dir / "evaluation" / "ope.json").read_text())
+    candidate = next(c for c in ope["candidates"] if c["name"] == "candidate")
+    primary = next(e for e in candidate["estimates"] if e["estimator"] == ope["primary_estimator"])
+    estimated = {"logging policy": ope["behaviour"], "candidate": primary}
     for name, result in results.items():
+        est = estimated[name]
         typer.echo(
-            f"  {name:<16} true value {result.value:8.3f}  95% CI [{result.ci_low:.3f}, "
-            f"{result.ci_high:.3f}]  ({result.n_episodes} episodes)"
+            f"  {name:<15} true value {result.value:7.3f} [{result.ci_low:.3f}, "
+            f"{result.ci_high:.3f}]   estimated from the logs ({est['estimator']}) "
+            f"{est['estimate']:7.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
         )
     (run_dir.parent / "demo_truth.json").write_text(
         json.dumps(
@@ -99,7 +106,7 @@ def _truth(sample: Path, run_dir: Path, dataset: Path, n_users: int) -> None:
                 name: {"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high}
                 for name, r in results.items()
             }
-            | {"ope_primary_candidate": ope.get("primary_candidate")},
+            | {"estimated": estimated},
             indent=2,
         )
     )

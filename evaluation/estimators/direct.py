@@ -109,12 +109,14 @@ class _RidgeQ:
             self.k = data.action_space.n
             self.factors: list[Any] = []
             self.rows: list[np.ndarray] = []
+            self.xt: list[np.ndarray] = []  # per action: its rows' features, transposed
             for a in range(self.k):
                 rows = np.flatnonzero(data.action == a)
-                xa = x[rows]
-                gram = xa.T @ xa + alpha * np.eye(self.p)
+                xa_t = np.ascontiguousarray(x[rows].T)
+                gram = xa_t @ xa_t.T + alpha * np.eye(self.p)
                 self.factors.append(np.linalg.cholesky(gram))
                 self.rows.append(rows)
+                self.xt.append(xa_t)
             self.theta = np.zeros((self.k, self.p))
         else:
             self.low, self.high = data.action_space.low, data.action_space.high
@@ -138,8 +140,7 @@ class _RidgeQ:
     def fit(self, x: FloatArray, target: FloatArray) -> None:
         if self.discrete:
             for a in range(self.k):
-                rows = self.rows[a]
-                self.theta[a] = self._solve(self.factors[a], x[rows].T @ target[rows])
+                self.theta[a] = self._solve(self.factors[a], self.xt[a] @ target[self.rows[a]])
         else:
             self.theta_c = self._solve(self.factor, self.feats.T @ target)
 
@@ -229,12 +230,17 @@ class FittedQEvaluation:
         if cfg.model == "ridge":
             model = _RidgeQ(x, data, cfg.ridge_alpha)
             target = data.reward.copy()
+            x_next = x[nxt]
+            if discrete and dist is not None:
+                dist_next = dist[nxt]
+            elif act is not None:
+                feats_next = model.features(x_next, act[nxt])
             for it in range(n_iter):
                 model.fit(x, target)
                 if discrete and dist is not None:
-                    v_next = np.sum(model.predict_all(x[nxt]) * dist[nxt], axis=1)
-                elif act is not None:
-                    v_next = model.predict_at(x[nxt], act[nxt])
+                    v_next = np.einsum("ij,ij->i", model.predict_all(x_next), dist_next)
+                else:
+                    v_next = feats_next @ model.theta_c
                 new_target = data.reward.copy()
                 new_target[rows] += disc * v_next
                 change = float(np.max(np.abs(new_target - target)))

@@ -6,7 +6,8 @@ Public API:
   ``report.json`` from a :class:`ReportInputs`;
 * :func:`report_inputs_from_run` builds the inputs from an evaluation's ``ope.json``, the ETL's
   ``_manifest.json`` and, optionally, a training artifact and the transition data;
-* :func:`feature_drift` computes PSI and KS per state feature.
+* :func:`feature_drift` computes PSI and KS per state feature;
+* :func:`notebook_html` wraps the page in an ``<iframe srcdoc>`` for a notebook cell.
 
 See ``evaluation/report/README.md`` for how to read the report.
 """
@@ -28,7 +29,7 @@ from evaluation.report.model import (
     TrainingCurves,
     WeightSummary,
 )
-from evaluation.report.render import ReportPaths, render_report
+from evaluation.report.render import ReportPaths, notebook_html, render_report
 
 __all__ = [
     "PSI_EPSILON",
@@ -48,6 +49,7 @@ __all__ = [
     "TrainingCurves",
     "WeightSummary",
     "feature_drift",
+    "notebook_html",
     "render_report",
     "report_inputs_from_ope",
     "report_inputs_from_run",

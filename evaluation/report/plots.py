@@ -56,6 +56,34 @@ def _plain(text: str) -> str:
     return text.replace("\\", "\\\\").replace("$", r"\$")
 
 
+def _margins(
+    fig: Figure,
+    *,
+    left: float = 0.75,
+    bottom: float = 0.55,
+    right: float = 0.15,
+    top: float = 0.35,
+    wspace: float | None = None,
+    hspace: float | None = None,
+) -> None:
+    """Fixed margins in inches (much cheaper than a constrained layout, and deterministic)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        bottom=bottom / height,
+        top=1 - top / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
+
+
+def _label_width(labels: list[str], fontsize: float) -> float:
+    """Rough width in inches of the longest tick label (DejaVu Sans: ~0.6 em per character)."""
+    longest = max((len(x) for x in labels), default=0)
+    return longest * 0.6 * fontsize / 72
+
+
 def _render(fig: Figure, key: str, title: str, alt: str) -> Plot:
     canvas = FigureCanvasAgg(fig)
     buffer = io.BytesIO()
@@ -95,7 +123,10 @@ def forest_plot(
             )
             bounds.append((len(rows) - 1, cand.lower_bound, cand.approved))
     height = max(2.6, 0.32 * len(rows) + 1.4)
-    fig = Figure(figsize=(8.5, height), layout="constrained")
+    labels = [_plain(r[0]) for r in rows]
+    label_in = min(_label_width(labels, 8), 4.5)
+    fig = Figure(figsize=(5.5 + label_in, height))
+    _margins(fig, left=label_in + 0.25, bottom=0.6, top=0.15)
     ax = fig.add_subplot()
     ys = np.arange(len(rows))[::-1]
     for y, (_, value, low, high, colour) in zip(ys, rows, strict=True):
@@ -113,7 +144,7 @@ def forest_plot(
         if bound < required:  # the shortfall, drawn as a dotted gap to the required value
             ax.plot([bound, required], [y, y], color=colour, lw=1, ls=":")
     ax.plot([], [], marker="^", color=GREY, ls="none", label="lower confidence bound")
-    ax.set_yticks(ys, [_plain(r[0]) for r in rows], fontsize=8)
+    ax.set_yticks(ys, labels, fontsize=8)
     ax.set_xlabel("estimated policy value (mean discounted return per episode)")
     ax.grid(axis="x", alpha=0.3)
     ax.legend(loc="best", fontsize=8)
@@ -130,7 +161,8 @@ def weights_plot(candidate: CandidateSummary) -> Plot | None:
     weights = candidate.weights
     if weights is None:
         return None
-    fig = Figure(figsize=(5.5, 2.8), layout="constrained")
+    fig = Figure(figsize=(5.5, 2.8))
+    _margins(fig, left=0.8, bottom=0.6, top=0.35)
     ax = fig.add_subplot()
     edges, counts = weights.histogram_edges, weights.histogram_counts
     if edges and counts and len(edges) == len(counts) + 1:
@@ -148,6 +180,7 @@ def weights_plot(candidate: CandidateSummary) -> Plot | None:
         positive = [v for v in values if v > 0]
         if positive and max(values) > 50 * min(positive):
             ax.set_yscale("symlog", linthresh=1.0)
+            ax.set_ylim(0, max(values) * 2)
         ax.set_ylabel("importance weight")
         ax.set_xlabel("quantile")
     ax.set_title(_plain(candidate.name), fontsize=9)
@@ -159,12 +192,15 @@ def weights_plot(candidate: CandidateSummary) -> Plot | None:
 def drift_plot(drift: DriftSummary, max_features: int = 40) -> Plot:
     """PSI per feature (largest first), the threshold as a line, drifted features in red."""
     rows = sorted(drift.rows, key=lambda r: r.psi, reverse=True)[:max_features]
-    fig = Figure(figsize=(7.0, max(2.2, 0.24 * len(rows) + 1.2)), layout="constrained")
+    names = [_plain(r.feature) for r in rows]
+    label_in = min(_label_width(names, 7), 3.5)
+    fig = Figure(figsize=(5.0 + label_in, max(2.2, 0.24 * len(rows) + 1.0)))
+    _margins(fig, left=label_in + 0.2, bottom=0.6, top=0.15)
     ax = fig.add_subplot()
     ys = np.arange(len(rows))[::-1]
     ax.barh(ys, [r.psi for r in rows], color=[RED if r.flagged else BLUE for r in rows])
     ax.axvline(drift.psi_threshold, color=RED, ls="--", lw=1, label="flag threshold")
-    ax.set_yticks(ys, [_plain(r.feature) for r in rows], fontsize=7)
+    ax.set_yticks(ys, names, fontsize=7)
     ax.set_xlabel("population stability index (PSI)")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(axis="x", alpha=0.3)
@@ -179,7 +215,8 @@ def training_plot(curves: TrainingCurves, max_series: int = 6) -> Plot | None:
         return None
     cols = min(3, len(names))
     nrows = math.ceil(len(names) / cols)
-    fig = Figure(figsize=(3.0 * cols + 0.5, 2.3 * nrows), layout="constrained")
+    fig = Figure(figsize=(3.2 * cols + 0.3, 2.4 * nrows + 0.2))
+    _margins(fig, left=0.6, bottom=0.5, top=0.3, right=0.15, wspace=0.35, hspace=0.6)
     axes = fig.subplots(nrows, cols, squeeze=False)
     for i, name in enumerate(names):
         ax: Axes = axes[i // cols][i % cols]
@@ -201,7 +238,8 @@ def behaviour_model_plot(check: BehaviourModelCheck) -> Plot | None:
         return None
     b = np.asarray([(x, y) for x, y, _ in check.bins], dtype=float)
     sizes = np.asarray([n for _, _, n in check.bins], dtype=float)
-    fig = Figure(figsize=(4.2, 3.6), layout="constrained")
+    fig = Figure(figsize=(4.2, 3.6))
+    _margins(fig, left=0.7, bottom=0.6, top=0.15, right=0.2)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color=GREY, lw=1, ls="--", label="perfect")
     scale = 200 * sizes / max(float(sizes.max()), 1.0) + 10
@@ -227,7 +265,8 @@ def reward_plot(data: DataSummary) -> Plot | None:
     if len(edges) != len(counts) + 1 or not counts:
         return None
     e = np.asarray(edges, dtype=float)
-    fig = Figure(figsize=(5.0, 2.6), layout="constrained")
+    fig = Figure(figsize=(5.0, 2.6))
+    _margins(fig, left=0.75, bottom=0.6, top=0.15)
     ax = fig.add_subplot()
     ax.bar(e[:-1], counts, width=np.diff(e), align="edge", color=BLUE, alpha=0.8)
     if max(counts) > 50 * max(1, sorted(counts)[len(counts) // 2]):

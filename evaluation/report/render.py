@@ -9,6 +9,7 @@ and renamed over the target, so a reader never sees a half-written report.
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import os
 import tempfile
@@ -108,6 +109,12 @@ def build_plots(inputs: ReportInputs) -> dict[str, plots.Plot]:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -116,6 +123,7 @@ def _atomic_write(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -127,6 +135,22 @@ def render_html(inputs: ReportInputs, figures: dict[str, plots.Plot] | None = No
     figures = build_plots(inputs) if figures is None else figures
     template = _environment(html=True).get_template("report.html.j2")
     return template.render(r=inputs, plots=figures, psi_moderate=PSI_MODERATE)
+
+
+def notebook_html(inputs: ReportInputs, *, height: int = 900) -> str:
+    """The report as an ``<iframe srcdoc=...>`` for inline display in a notebook.
+
+    The iframe keeps the report's styles from leaking into the notebook's page::
+
+        from IPython.display import HTML
+        HTML(notebook_html(inputs))
+    """
+    page = html_module.escape(render_html(inputs), quote=True)
+    return (
+        f'<iframe srcdoc="{page}" style="width: 100%; height: {int(height)}px; border: 0" '
+        f'sandbox title="{html_module.escape(inputs.verdict.decision)}: policy approval report">'
+        "</iframe>"
+    )
 
 
 def render_markdown(inputs: ReportInputs) -> str:

@@ -89,6 +89,15 @@ def test_bucket_counts_give_identical_output() -> None:
         assert other.manifest["scaling"] == base.manifest["scaling"], n
 
 
+def test_bucketed_file_runs_equal_one_bucket(raw: Path, tmp_path: Path) -> None:
+    run_etl(raw, tmp_path / "one")
+    run_etl(raw, tmp_path / "five", EtlConfig(n_buckets=5))  # spilled to per-bucket files
+    assert _files(tmp_path / "five") == _files(tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "_manifest.json").read_text())
+    five = json.loads((tmp_path / "five" / "_manifest.json").read_text())
+    assert five["counts_by_date"] == one["counts_by_date"]
+
+
 def test_failed_run_leaves_previous_dataset(raw: Path, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"

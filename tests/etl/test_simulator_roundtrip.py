@@ -4,13 +4,15 @@ it, and the ETL's observation of a decision is exactly what the rollout handed t
 from __future__ import annotations
 
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 
-from etl import EtlConfig, ObservationBuilder, build_transitions
+from etl import EtlConfig, ObservationBuilder, build_transitions, run_etl
 
 simulator_logs = pytest.importorskip("simulator.logs")
 simulator_rollout = pytest.importorskip("simulator.rollout")
@@ -98,3 +100,17 @@ def test_rollout_observations_equal_etl_observations(scenario: str, space: str,
 
 def _frames(logs: Any) -> tuple[pl.DataFrame, pl.DataFrame]:
     return logs.events, logs.orders
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
+
+
+@pytest.mark.parametrize("name", ["promotion", "promotion_continuous", "recommendation"])
+def test_bundled_samples_reward_equals_their_truth(name: str, tmp_path: Path) -> None:
+    root = SAMPLES / name
+    if not (root / "_truth.parquet").is_file():
+        pytest.skip(f"no sample logs in {root}")
+    sim = SimulatorConfig.model_validate(json.loads((root / "_simulator.json").read_text()))
+    res = run_etl(root, tmp_path / "out", _etl_config(sim))
+    truth = pl.read_parquet(root / "_truth.parquet")
+    _compare_truth(res.transitions, truth, sim.churn_days)

@@ -40,7 +40,7 @@ from simulator.logs import simulate, write_raw_logs
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-SETTINGS = SparkConfig(master="local[1]", partitions=3)
+SETTINGS = SparkConfig(master="local[1]", partitions=2)
 
 
 def test_file_schemas_are_explicit() -> None:
@@ -133,6 +133,21 @@ def test_backfill_and_nightly_equal_local(spark: SparkSession, raw: Path, tmp_pa
     assert remote_day.manifest == local_day.manifest
     part = f"transitions/date={day.isoformat()}/part-00000.parquet"
     assert (tmp_path / "spark" / part).read_bytes() == (tmp_path / "local" / part).read_bytes()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_continuous_actions_equal_local(spark: SparkSession, tmp_path: Path) -> None:
+    """Continuous discount rates: the action column is a fixed-size float32 list of 1."""
+    raw = tmp_path / "raw"
+    config = SimulatorConfig(action_space="continuous", n_users=25, days=6, seed=11)
+    write_raw_logs(simulate(config), raw, truth=False)
+    local = run_etl(raw, tmp_path / "local", EtlConfig())
+    remote = run_etl_spark(raw, tmp_path / "spark", EtlConfig(), spark=spark, settings=SETTINGS)
+    assert local.transitions.height > 0
+    assert local.transitions.schema["action"] == pl.Array(pl.Float32, 1)
+    assert remote.transitions.equals(local.transitions)
+    assert remote.manifest == local.manifest
 
 
 @pytest.mark.spark

@@ -14,6 +14,7 @@ from evaluation.estimators import (
     WeightedPerDecisionIS,
 )
 from evaluation.intervals import (
+    ResampleCounts,
     bernstein_lower_bound,
     bootstrap_from_counts,
     bootstrap_values,
@@ -165,3 +166,13 @@ def test_bernstein_lower_bound_holds_with_high_probability() -> None:
         misses += lb > np.exp(0.5)
         assert lb < x.mean()
     assert misses / 200 <= 0.05
+
+
+def test_shared_resample_counts_give_the_same_replicates_as_fresh_ones() -> None:
+    inp = _random_input(n_episodes=80, seed=9)
+    stats_ = [WeightedPerDecisionIS().episode_statistics(inp)]
+    fresh = bootstrap_values(stats_, n_resamples=300, seed=4, chunk_size=64)
+    shared = ResampleCounts(80, 300, seed=4, chunk_size=64)
+    first = bootstrap_values(stats_, n_resamples=300, counts=shared)  # draws and keeps
+    second = bootstrap_values(stats_, n_resamples=300, counts=shared)  # reuses the kept counts
+    assert np.allclose(fresh, first) and np.allclose(first, second)

@@ -13,7 +13,7 @@ from offline_rl.behaviour import (
     fit_predict_crossfit,
     propensity_check,
 )
-from offline_rl.config import BehaviourConfig
+from offline_rl.config import BehaviourConfig, ResponseConfig
 from offline_rl.response import ResponseModel
 from offline_rl.synthetic import logging_weights, make_transitions, softmax
 
@@ -123,7 +123,7 @@ def test_response_model_learns_the_best_action(space: dict[str, object]) -> None
     else:
         a = rng.uniform(0, 0.3, size=n)
         r = 10 * (x[:, 0] * a - 2 * a**2) + rng.normal(0, 0.1, n)
-    model = ResponseModel(space).fit(x, a, r, purchases=r > 0)
+    model = ResponseModel(space, ResponseConfig(max_iter=60)).fit(x, a, r, purchases=r > 0)
     test = rng.normal(size=(500, 3))
     if space["type"] == "discrete":
         grid = model.predict_all_actions(test)
@@ -140,3 +140,28 @@ def test_response_model_learns_the_best_action(space: dict[str, object]) -> None
         assert np.corrcoef(grid.ravel(), truth.ravel())[0, 1] > 0.9
     purchase = model.predict_purchase(test, np.zeros(500))
     assert np.all((purchase >= 0) & (purchase <= 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("space", ["discrete", "continuous"])
+def test_behaviour_model_recovers_the_simulators_logged_propensities(space: str) -> None:
+    from etl.config import EtlConfig
+    from etl.pipeline import build_transitions
+    from offline_rl.data import TransitionManifest
+    from simulator import SimulatorConfig, simulate
+
+    logs = simulate(SimulatorConfig(n_users=600, seed=1, action_space=space))  # type: ignore[arg-type]
+    etl = build_transitions(logs.events, logs.orders, EtlConfig())
+    manifest = TransitionManifest.from_dict(etl.manifest)
+    assert etl.transitions["behaviour_propensity"].null_count() == 0
+    # hide every logged propensity, estimate them (cross-fitted), compare with the logged truth
+    truth = etl.transitions["behaviour_propensity"].to_numpy()
+    hidden = etl.transitions.with_columns(
+        pl.lit(None, dtype=pl.Float64).alias("behaviour_propensity"),
+        pl.lit("missing").alias("propensity_source"),
+    )
+    filled, _ = fill_propensities(hidden, manifest, BehaviourConfig(n_folds=3))
+    est = filled["behaviour_propensity"].to_numpy()
+    check = propensity_check(truth, est)
+    assert check["relative_mae"] < 0.2
+    assert (filled["propensity_source"] == "estimated").all()

@@ -20,6 +20,7 @@ def _toml(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_train_command_trains_and_resumes(
     tmp_path: Path, discrete_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -217,6 +217,7 @@ def test_estimated_propensities_are_said_plainly(tmp_path: Path) -> None:
     check = inputs.behaviour_model
     assert check is not None and check.propensities_estimated
     assert check.calibration_error == ope["behaviour_model"]["calibration_error"]
+    assert check.calibration_error is not None and check.threshold is not None
     assert check.passed is (check.calibration_error <= check.threshold)
     assert len(check.bins) == len(ope["behaviour_model"]["bins"]) > 0
     calibration = next(c for c in inputs.verdict.checks if c.name == "behaviour-model calibration")

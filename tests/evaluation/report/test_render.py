@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from markupsafe import escape
 from PIL import Image
 
-from evaluation.report import render_report
+from evaluation.report import notebook_html, render_report
 from evaluation.report.model import fmt_number
 from evaluation.report.render import markdown_escape
 from tests.evaluation.report.sample_inputs import EVIL, make_inputs
@@ -191,6 +192,10 @@ def test_writes_are_atomic_and_leave_no_temporary_files(tmp_path: Path) -> None:
         "report.md",
     ]
     assert "APPROVE" in paths.html.read_text(encoding="utf-8")
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for path in (paths.html, paths.markdown, paths.json):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's private 0600
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
@@ -199,3 +204,11 @@ def test_non_finite_numbers_become_null_in_json(tmp_path: Path, value: float) ->
     data = json.loads(paths.json.read_text(encoding="utf-8"))
     assert data["verdict"]["lower_bound"] is None
     assert "n/a" in paths.markdown.read_text(encoding="utf-8")
+
+
+def test_notebook_html_isolates_the_page_in_an_iframe() -> None:
+    snippet = notebook_html(make_inputs(with_extras=False, candidate_name=EVIL), height=500)
+    assert snippet.startswith('<iframe srcdoc="&lt;!DOCTYPE html&gt;')
+    assert "height: 500px" in snippet and " sandbox " in snippet
+    assert "<script" not in snippet.lower()  # the page's own escaping survives, escaped again
+    assert snippet.endswith("</iframe>")
