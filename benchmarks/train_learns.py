@@ -10,8 +10,14 @@ users (the ETL's ``ObservationBuilder`` as the observation hook, so the agent se
 features it was trained on) and report its true value (mean discounted return per episode,
 gamma 0.9) with the rollout's 95 % CI, beside the logging policy's on the same users.
 
+Reference lines on the same users: every constant action ("always k"), and with
+``--diagnostics`` a myopic policy (the tier of highest predicted immediate reward under
+offline_rl's response model) and DiscreteCQL with ``alpha`` 0.1: sensitivity lines that say
+why an agent does (not) learn, not the check's configuration. Per seed the "paired" figure is
+the mean per-episode difference on the episodes both rollouts share (same users).
+
 The summary line per agent: mean over seeds of (agent - logging) with a t-interval over the
-three seeds.
+seeds.
 """
 
 from __future__ import annotations

@@ -284,12 +284,12 @@ def global_inputs(
     od = orders.filter(order_reason(config).is_null())
     links = identity_links(ev, od)
     dups = duplicate_rows(ev, od)
-    links_df, dups_df = pl.collect_all([links, dups])
+    links_df, dups_df = pl.collect_all([links, dups], engine="streaming")
     if data_end_us is None:
         ends = pl.concat([
             ev.select(pl.max_horizontal("event_ts", "ingest_ts").max().alias("m")),
             od.select(pl.max_horizontal("order_ts", "ingest_ts").max().alias("m")),
-        ]).select(pl.col("m").max()).collect()
+        ]).select(pl.col("m").max()).collect(engine="streaming")
         end = ends["m"][0]
         if end is None:
             data_end_us = 0

@@ -81,7 +81,7 @@ def run_local(
     def bucketed(lf: pl.LazyFrame) -> pl.LazyFrame:
         key = user_key_expr().fill_null("")
         return (
-            lf.join(links, on="anonymous_id", how="left", maintain_order="left")
+            lf.join(links, on="anonymous_id", how="left")  # row order is not meaningful
             .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
             .drop(LINK_USER, LINK_TS)
         )
@@ -100,7 +100,7 @@ def run_local(
             for table, lf in (("events", events), ("orders", orders)):
                 bucketed(lf).sink_parquet(
                     pl.PartitionBy(Path(tmp) / table, key=_BUCKET, include_key=False),
-                    mkdir=True,
+                    mkdir=True, maintain_order=False, compression="lz4",
                 )
         else:
             ev_b, od_b = bucketed(events), bucketed(orders)

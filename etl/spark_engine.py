@@ -34,6 +34,7 @@ pyspark is imported lazily inside functions, so ``import etl`` works without it 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import re
 import shutil
@@ -172,6 +173,9 @@ def spark_session(settings: SparkConfig | None = None) -> SparkSession:
     settings = settings or SparkConfig()
     check_spark_available()
     from pyspark.sql import SparkSession
+
+    # py4j logs every connection at INFO, also from __del__ at interpreter exit
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
     active = SparkSession.getActiveSession()
     if active is not None:

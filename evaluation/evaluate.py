@@ -440,7 +440,12 @@ def _evaluate_one(
     probs = policy.probabilities(data, cfg.kernel)
     model = None
     if any(ESTIMATORS[n].needs_model for n in names):
-        model = _model_predictions(data, probs, policy, cfg)
+        if data.observation is None:
+            for n in names:
+                if ESTIMATORS[n].needs_model:
+                    skipped[n] = "the transitions have no observations to fit a model on"
+        else:
+            model = _model_predictions(data, probs, policy, cfg)
     q_logged, v_hat = model if model is not None else (None, None)
     clip = cfg.clipping.max_weight
     inp = OPEInput(
@@ -455,7 +460,9 @@ def _evaluate_one(
     for name in names:
         est = ESTIMATORS[name]()
         if est.needs_model and not inp.has_model:
-            skipped[name] = "no model predictions for this candidate (needs its full distribution)"
+            skipped.setdefault(
+                name, "no model predictions for this candidate (needs its full distribution)"
+            )
             continue
         estimators.append(est)
     stats = [e.episode_statistics(inp) for e in estimators]

@@ -178,7 +178,9 @@ class OPEInput:
         return self.w[self.data.last_row]
 
     def unclipped(self) -> OPEInput:
-        """The same input without clipping."""
+        """The same input without clipping (itself when it is not clipped)."""
+        if self.max_weight is None:
+            return self
         return OPEInput(
             data=self.data,
             target_probability=self.target_probability,

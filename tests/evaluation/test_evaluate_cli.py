@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -137,3 +138,15 @@ def test_cli_user_errors_exit_2(logged: tuple[Path, np.ndarray], tmp_path: Path)
               "--out", str(tmp_path)])
         == 2
     )  # fmt: skip
+
+
+def test_model_estimators_are_skipped_with_a_reason_without_observations() -> None:
+    data, _ = MDP.sample(BEHAVIOUR, 500, np.random.default_rng(3))
+    bare = dataclasses.replace(data, observation=None)  # same data, no observations
+    cfg = EvaluateConfig(estimators=["pdis", "dr", "dm"], primary_estimator="dr")
+    cfg.bootstrap.n_resamples = 50
+    result = evaluate_candidates(bare, ["rule:constant=1"], config=cfg)
+    cand = result.candidates[0]
+    assert [e.estimator for e in cand.estimates] == ["pdis"]
+    assert "no observations" in cand.skipped["dr"]
+    assert cand.primary_estimator == "pdis"

@@ -206,3 +206,24 @@ def test_agent_must_match_the_action_space(
     with pytest.raises(TrainingError, match="continuous|discrete"):
         train_on_frame(frame, manifest, tmp_path, _config("cql", 5), progress=False)
     assert to_arrays(frame, manifest).discrete
+
+
+@pytest.mark.parametrize("agent", ["discrete_cql", "cql"])
+def test_onnx_export_matches_predict(
+    agent: str,
+    tmp_path: Path,
+    discrete_data: tuple[pl.DataFrame, TransitionManifest],
+    continuous_data: tuple[pl.DataFrame, TransitionManifest],
+) -> None:
+    onnx = pytest.importorskip("onnx")  # not in the venv: the exporter is skipped there
+    from onnx.reference import ReferenceEvaluator
+
+    frame, manifest = continuous_data if agent == "cql" else discrete_data
+    result = train_on_frame(frame, manifest, tmp_path, _config(agent, 10), progress=False)
+    model = onnx.load(str(result.artifact / "policy.onnx"))
+    onnx.checker.check_model(model)
+    obs = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)[:32]
+    out = ReferenceEvaluator(model).run(None, {"observation": obs})[0]
+    expected = result.algo.predict(obs)
+    np.testing.assert_allclose(out.reshape(expected.shape), expected, rtol=0, atol=1e-6)
+    assert load_policy(result.artifact).metrics["onnx_exported"] is True
