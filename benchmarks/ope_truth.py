@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -151,6 +152,17 @@ def main() -> None:
         simulator_sweep(n_worlds, args.resamples, args.agent_worlds, args.agent_steps)
 
 
+def _epsilon_soft(policy: Any, epsilon: float) -> Any:
+    """``(observations, rng) -> actions``: uniform with probability epsilon, else greedy."""
+
+    def act(observations: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        greedy = np.asarray(policy.predict(observations), dtype=np.int64)
+        explore = rng.random(len(greedy)) < epsilon
+        return np.where(explore, rng.integers(0, policy.n_actions, len(greedy)), greedy)
+
+    return act
+
+
 def simulator_sweep(
     n_worlds: int, resamples: int, agent_worlds: int = 0, agent_steps: int = 3000
 ) -> None:
@@ -199,14 +211,22 @@ def simulator_sweep(
                     TrainConfig(agent="discrete_cql", n_steps=agent_steps, onnx=False),
                     progress=False,
                 )
+                agent = load_policy(trained.artifact)
                 world_specs[f"artifact:{trained.artifact}"] = None
-                policies[f"artifact:{trained.artifact}"] = load_policy(trained.artifact)
+                policies[f"artifact:{trained.artifact}"] = agent
+                # epsilon-soft version: the same probabilities as ModelPolicy(epsilon=0.3)
+                world_specs[f"artifact:{trained.artifact}#epsilon=0.3"] = None
+                policies[f"artifact:{trained.artifact}#epsilon=0.3"] = _epsilon_soft(agent, 0.3)
                 hook = ObservationBuilder.from_manifest(root / "etl" / "_manifest.json")
             ecfg = EvaluateConfig(estimators=names)  # type: ignore[arg-type]
             ecfg.bootstrap.n_resamples = resamples
             result = evaluate_candidates(root / "etl", list(world_specs), config=ecfg)
             for spec, k in world_specs.items():
-                label = "trained agent (discrete CQL)" if spec.startswith("artifact:") else spec
+                label = spec
+                if spec.startswith("artifact:"):
+                    label = "trained agent (discrete CQL)"
+                    if "#epsilon" in spec:
+                        label += ", 30 % uniform"
                 if spec in policies:
                     truth = rollout(policies[spec], cfg, n_users=8000, observation_hook=hook)
                 else:

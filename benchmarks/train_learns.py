@@ -44,6 +44,7 @@ from offline_rl.train import train_on_frame
 from simulator import SimulatorConfig, constant_action, logging_policy, rollout, simulate
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
+REWARD_SCALE: list[float | None] = [None]
 CONTINUOUS = ("cql", "bcq")
 
 
@@ -65,6 +66,7 @@ def _train_config(
             "checkpoint_every": steps,
             "log_every": max(steps // 20, 1),
             "split": "none",
+            "reward_scale": REWARD_SCALE[0],
             agent: table,
         }
     )
@@ -237,6 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--discrete-only", action="store_true")
     parser.add_argument(
+        "--reward-scale", type=float, default=None, help="[train] reward_scale (default 1/std)"
+    )
+    parser.add_argument(
+        "--agents", nargs="*", default=None, help="subset of the agents to train (default: all)"
+    )
+    parser.add_argument(
         "--diagnostics",
         action="store_true",
         help="also roll out a myopic response-model policy and DiscreteCQL with alpha 0.1",
@@ -251,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    REWARD_SCALE[0] = args.reward_scale
     users = args.users or (2_000 if args.small else 5_000)
     eval_users = args.eval_users or (2_000 if args.small else 5_000)
     steps = args.steps or (3_000 if args.small else 10_000)
@@ -264,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.continuous_only:
             res = run_space(
                 "discrete",
-                DISCRETE,
+                tuple(a for a in DISCRETE if args.agents is None or a in args.agents),
                 diagnostics=args.diagnostics,
                 users=users,
                 eval_users=eval_users,
@@ -277,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.discrete_only:
             res = run_space(
                 "continuous",
-                CONTINUOUS,
+                tuple(a for a in CONTINUOUS if args.agents is None or a in args.agents),
                 users=users,
                 eval_users=eval_users,
                 steps=c_steps,

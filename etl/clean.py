@@ -39,9 +39,13 @@ def duplicate_rows(events: pl.LazyFrame, orders: pl.LazyFrame) -> pl.LazyFrame:
     ``(source_table, _source_file, _row_nr)``.
     """
     ev = events.select("event_id", "ingest_ts", "event_ts", SOURCE_FILE, ROW_NR)
-    repeated = ev.group_by("event_id").agg(pl.len()).filter(pl.col("len") > 1).select("event_id")
+    # candidates by a 64-bit hash first (small state whatever the id strings), then exactly
+    h = pl.col("event_id").hash(seed=7).alias("_h")
+    repeated = (
+        ev.select(h).group_by("_h").agg(pl.len()).filter(pl.col("len") > 1).select("_h")
+    )
     ev = (
-        ev.join(repeated, on="event_id", how="semi")
+        ev.with_columns(h).join(repeated, on="_h", how="semi").drop("_h")
         .sort("event_id", "ingest_ts", "event_ts", SOURCE_FILE, ROW_NR, nulls_last=True)
         .filter(~pl.col("event_id").is_first_distinct())
         .select(pl.lit("events").alias("source_table"), SOURCE_FILE, ROW_NR)

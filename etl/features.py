@@ -68,8 +68,13 @@ class FeatureSpec:
 
     @classmethod
     def from_config(cls, config: EtlConfig, space: ActionSpace) -> FeatureSpec:
-        """The spec an ETL config implies."""
-        return cls(space, dict(config.context_columns), config.feature_window_days)
+        """The spec an ETL config implies.
+
+        Context columns are laid out in sorted order of their names, so that the layout does not
+        depend on the order of a TOML table or of a JSON object read back from a manifest.
+        """
+        context = {name: config.context_columns[name] for name in sorted(config.context_columns)}
+        return cls(space, context, config.feature_window_days)
 
     @property
     def names(self) -> list[str]:
@@ -469,6 +474,13 @@ class ObservationBuilder:
         config = EtlConfig.model_validate(data["config"])
         space = ActionSpace.from_manifest(data["action_space"])
         builder = cls(config, space, None)
+        if builder.spec.names != list(data["feature_names"]):
+            from etl.errors import EtlError
+
+            raise EtlError(
+                "manifest: its feature_names do not match the features its config builds; "
+                "the dataset was written by another version of the ETL"
+            )
         builder.scaling = Scaling.from_manifest(builder.spec.names, data["scaling"])
         return builder
 

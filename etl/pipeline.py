@@ -63,6 +63,26 @@ class EtlResult:
         counts: dict[str, Any] = self.manifest["counts"]
         return counts
 
+    def accounting(self) -> pl.DataFrame:
+        """The row accounting as a tidy frame: ``table, outcome, reason, rows``.
+
+        Per table, ``rows in`` equals ``used`` plus every ``quarantined`` and ``dropped`` row;
+        ``decisions / excluded`` lists decision events that make no transition (bot sessions).
+        """
+        rows: list[tuple[str, str, str, int]] = []
+        for table, entry in self.counts.items():
+            if table == "decisions":
+                rows += [(table, "excluded", r, n) for r, n in entry.get("excluded", {}).items()]
+                continue
+            rows.append((table, "rows in", "", entry["rows_in"]))
+            rows.append((table, "used", "", entry["used"]))
+            for outcome in ("quarantined", "dropped"):
+                rows += [(table, outcome, r, n) for r, n in entry[outcome].items()]
+        return pl.DataFrame(
+            rows, schema={"table": pl.String, "outcome": pl.String, "reason": pl.String,
+                          "rows": pl.Int64}, orient="row",
+        )
+
 
 # ----------------------------------------------------------------------------- local engine
 def run_local(

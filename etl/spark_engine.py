@@ -96,7 +96,7 @@ log = structlog.get_logger(__name__)
 INSTALL_HINT = (
     "the Spark engine needs pyspark 4 and a Java 17+ runtime: "
     "`pip install 'ecomrl[spark]'` (or `pip install 'pyspark>=4.0,<5'`) and "
-    "`apt-get install -y openjdk-17-jre-headless` (or `make install`, which does both)"
+    "`apt-get install -y openjdk-17-jre-headless` (in this repository: `make system-deps`)"
 )
 
 # Settings that make a local Spark start in seconds; harmless on a cluster but meant for tests.
@@ -110,6 +110,11 @@ FAST_START_CONF: dict[str, str] = {
     "spark.executor.extraJavaOptions": "-XX:+UseSerialGC -XX:TieredStopAtLevel=1",
     "spark.sql.adaptive.enabled": "false",
     "spark.sql.codegen.wholeStage": "false",
+}
+# Defaults for a session the engine builds (settings.conf overrides them): the read rows are
+# cached once and read by four jobs; compressing that cache cost more than it saved here.
+DEFAULT_CONF: dict[str, str] = {
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
 }
 # Settings the engine relies on for exact results, always set.
 REQUIRED_CONF: dict[str, str] = {
@@ -166,9 +171,10 @@ def check_spark_available() -> None:
 def spark_session(settings: SparkConfig | None = None) -> SparkSession:
     """A Spark session for the ETL (the active one when there is one, e.g. under spark-submit).
 
-    Local masters get :data:`FAST_START_CONF` (when ``fast_start``) and run the Python workers
-    with this interpreter; every session gets :data:`REQUIRED_CONF` (UTC session time zone,
-    plain Arrow string and list types).
+    A new session gets :data:`DEFAULT_CONF`, then for local masters :data:`FAST_START_CONF`
+    (when ``fast_start``) and Python workers running this interpreter, then ``settings.conf``;
+    every session, the active one too, gets :data:`REQUIRED_CONF` (UTC session time zone, plain
+    Arrow string and list types).
     """
     settings = settings or SparkConfig()
     check_spark_available()
@@ -186,7 +192,7 @@ def spark_session(settings: SparkConfig | None = None) -> SparkSession:
     if local:
         # workers must import etl and pyarrow: run them with the driver's interpreter
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    conf: dict[str, str] = {}
+    conf: dict[str, str] = dict(DEFAULT_CONF)
     if local and settings.fast_start:
         conf.update(FAST_START_CONF)
     conf.update(settings.conf)
@@ -476,8 +482,9 @@ def _duplicates(
     from pyspark.sql import functions as F
 
     def candidates(df: DataFrame, keys: list[str]) -> DataFrame:
+        # repeated ids are few: broadcast them rather than shuffle every row for the semi-join
         repeated = df.groupBy(*keys).count().filter(F.col("count") > 1).select(*keys)
-        return df.join(repeated, on=keys, how="left_semi")
+        return df.join(F.broadcast(repeated), on=keys, how="left_semi")
 
     partials = _global_partials(
         candidates(events, ["event_id"]), candidates(orders, ["order_id", "line_no"]),
@@ -535,7 +542,7 @@ def _transform(
         )
         return (
             df.join(links, on="anonymous_id", how="left")
-            .join(flags, on=[SOURCE_FILE, ROW_NR], how="left")
+            .join(F.broadcast(flags), on=[SOURCE_FILE, ROW_NR], how="left")
             .withColumn(_TABLE, F.lit(table))
         )
 
@@ -607,22 +614,25 @@ def _write_dated(
     from pyspark.sql import functions as F
 
     out = pa.schema([pa.field("date", pa.string()), pa.field("rows", pa.int64())])
+    dated_schema = {**in_schema, _DATE: pl.Date()}
 
     def write(batch: pa.Table) -> pa.Table:
-        frame = prepare(_from_arrow(batch, in_schema)).sort(_DATE, *sort)
+        frame = prepare(_from_arrow(batch, dated_schema)).sort(_DATE, *sort)
         days, counts = [], []
         for (day,), part in frame.group_by(_DATE, maintain_order=True):
             assert isinstance(day, dt.date)
             target = Path(root) / f"date={day.isoformat()}" / "part-00000.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             table = part.select(list(schema)).to_arrow(compat_level=pl.CompatLevel.oldest())
-            pq.write_table(table.cast(file_schema), target, compression="zstd")
+            # a retried or speculative task may write the same file: write aside, then rename
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            pq.write_table(table.cast(file_schema), tmp, compression="zstd")
+            os.replace(tmp, target)
             days.append(day.isoformat())
             counts.append(part.height)
         return pa.table({"date": days, "rows": counts}, schema=out)
 
     dated = df.withColumn(_DATE, F.to_date(F.col(date_col)))
-    in_schema = {**in_schema, _DATE: pl.Date()}
     written = map_partitions(dated.repartition(parts, _DATE), write, out).toArrow()
     return sorted(written.column("date").to_pylist())
 
@@ -871,6 +881,7 @@ def _rows_in_spark(events: DataFrame, orders: DataFrame) -> pl.DataFrame:
 
 
 __all__ = [
+    "DEFAULT_CONF",
     "FAST_START_CONF",
     "INSTALL_HINT",
     "SparkConfig",

@@ -168,23 +168,9 @@ DATASET = WORK / "dataset"
 etl_result = run_etl(SAMPLE, DATASET)
 
 
-def row_accounting(counts: dict) -> pl.DataFrame:
-    \"\"\"The manifest's nested row counts as a tidy frame (table, outcome, reason, rows).\"\"\"
-    rows = []
-    for table, entry in counts.items():
-        if table == "decisions":  # decision events that make no transition (e.g. bot sessions)
-            rows += [(table, "excluded", r, n) for r, n in entry.get("excluded", {}).items()]
-            continue
-        rows.append((table, "rows in", "", entry["rows_in"]))
-        rows.append((table, "used", "", entry["used"]))
-        for outcome in ("quarantined", "dropped"):
-            rows += [(table, outcome, r, n) for r, n in entry[outcome].items()]
-    return pl.DataFrame(rows, schema=["table", "outcome", "reason", "rows"], orient="row")
-
-
 print(f"{etl_result.transitions.height:,} transitions, "
       f"{etl_result.quarantine.height:,} quarantined rows")
-row_accounting(etl_result.counts)""",
+etl_result.accounting()""",
         ["etl"],
     ),
     (

@@ -78,7 +78,9 @@ def _truth(sample: Path, run_dir: Path, dataset: Path, n_users: int) -> None:
     sim_config = SimulatorConfig.model_validate_json((sample / "_simulator.json").read_text())
     hook = ObservationBuilder.from_manifest(dataset / "_manifest.json")
     summary = json.loads((run_dir / "run.json").read_text())
-    seed = sim_config.seed + 1_000_003  # users the logs never saw
+    # The seed also draws the simulated world (catalogue, segments): keep it, so the truth is of
+    # the world the logs came from; more users than the logs only narrows the interval.
+    seed = sim_config.seed
     results = {
         "logging policy": rollout(
             logging_policy(sim_config), sim_config, n_users=n_users, seed=seed

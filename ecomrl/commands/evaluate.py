@@ -42,7 +42,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--config",
-                help="TOML config file: the [evaluate] and [approval] tables are used.",
+                help="TOML config file; its evaluate and approval tables are used.",
             ),
         ] = None,
     ) -> None:

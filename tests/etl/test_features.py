@@ -134,3 +134,29 @@ def test_scaling_is_stored_and_reused(logs: Logs, result: EtlResult) -> None:
     half = logs.events.filter(pl.col("event_ts") < pl.col("event_ts").median())
     again = build_transitions(half, logs.orders, scaling=builder.scaling)
     assert again.manifest["scaling"] == scaling
+
+
+def test_hook_from_a_manifest_read_back_from_json_keeps_the_layout(
+    logs: Logs, result: EtlResult
+) -> None:
+    """A manifest written to disk (keys sorted) must build the very same feature vector.
+
+    Regression: the context one-hots once followed the order of the config's table, which a
+    JSON round trip with sorted keys changed (device/channel swapped online only).
+    """
+    import json
+
+    config = EtlConfig(context_columns={"device": ["mobile", "app"], "channel": ["email", "x"]})
+    swapped = build_transitions(logs.events, logs.orders, config)
+    on_disk = json.loads(json.dumps(swapped.manifest, sort_keys=True, default=str))
+    builder = ObservationBuilder.from_manifest(on_disk)
+    assert builder.feature_names == swapped.manifest["feature_names"]
+    base = _obs(swapped)
+    decisions = _decisions(logs)
+    row = decisions.slice(decisions.height // 2, 1)
+    t = row["event_ts"][0]
+    got = builder(
+        logs.events.filter(pl.col("event_ts") < t), logs.orders.filter(pl.col("order_ts") < t),
+        row.drop("event_type"),
+    )
+    np.testing.assert_array_equal(got[0], base[row["decision_id"][0]])

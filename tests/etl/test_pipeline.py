@@ -78,6 +78,7 @@ def test_nightly_days_in_any_order_equal_one_backfill(tmp_path: Path) -> None:
     assert _files(tmp_path / "nightly") == before
 
 
+@pytest.mark.slow
 def test_bucket_counts_give_identical_output() -> None:
     logs = make_logs(25, 15, seed=6)
     base = build_transitions(logs.events, logs.orders)
@@ -135,3 +136,14 @@ def test_cli_prints_the_accounting(raw: Path, tmp_path: Path,
     assert "input folder not found" in capsys.readouterr().err
     assert main(["etl", "--input", str(raw), "--out", str(tmp_path / "x"),
                  "--date", "yesterday"]) == 2
+
+
+def test_accounting_frame_reconciles_with_the_counts() -> None:
+    logs = make_logs(seed=3)
+    result = build_transitions(logs.events, logs.orders)
+    frame = result.accounting()
+    for table in ("events", "orders"):
+        rows = frame.filter(pl.col("table") == table)
+        rows_in = rows.filter(pl.col("outcome") == "rows in")["rows"].sum()
+        accounted = rows.filter(pl.col("outcome") != "rows in")["rows"].sum()
+        assert rows_in == accounted == result.counts[table]["rows_in"]
