@@ -78,11 +78,6 @@ def _episode_windows(frame: pl.DataFrame, date: dt.date, eval_days: int) -> pl.D
     )
 
 
-def _named(policy: Any, name: str) -> Any:
-    policy.name = name
-    return policy
-
-
 def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
     """Run the whole nightly job for ``date``; see the module docstring."""
     from etl import run_etl
@@ -122,18 +117,18 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
         with staged_directory(final) as scratch:
             clock = time.perf_counter()
             candidate = train_on_frame(train_frame, manifest, scratch / "candidate", config.train)
-            policies: list[Any] = [_named(load_artifact(candidate.artifact), "candidate")]
+            policies: list[Any] = [load_artifact(candidate.artifact, name="candidate")]
             if run.bc_baseline:
                 discrete = manifest.data["action_space"]["type"] == "discrete"
                 bc_config = TrainConfig.model_validate(
                     {**config.train.model_dump(), "agent": "discrete_bc" if discrete else "bc"}
                 )
                 bc = train_on_frame(train_frame, manifest, scratch / "baseline_bc", bc_config)
-                policies.append(_named(load_artifact(bc.artifact), "baseline:bc"))
+                policies.append(load_artifact(bc.artifact, name="baseline:bc"))
             timings["train_s"] = time.perf_counter() - clock
 
             if production is not None:
-                policies.append(_named(load_artifact(production), "production"))
+                policies.append(load_artifact(production, name="production"))
             policies.extend(run.baselines)
 
             clock = time.perf_counter()

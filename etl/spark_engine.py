@@ -25,7 +25,9 @@ The stages, each a Spark job over Arrow batches:
 4. **scaling**: fitted on the driver from the raw feature matrix in (episode_id, step) order, as
    the local engine does (bit-identical floats); nightly runs reuse the stored scaling instead;
 5. **write**: rows are repartitioned by output date and sorted; each task writes
-   ``date=D/part-00000.parquet`` into a staging folder that the driver renames into place.
+   ``date=D/part-00000.parquet`` into a staging folder that the driver renames into place. A
+   nightly run (``date=D``) collects its one day of rows and writes them with the local
+   engine's writer (same bytes, same manifest merge).
 
 pyspark is imported lazily inside functions, so ``import etl`` works without it (the optional
 ``[spark]`` extra).
@@ -346,10 +348,6 @@ def _canonical_schema(table: str, continuous: bool, config: EtlConfig) -> dict[s
 
 def _empty(schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
     return pl.DataFrame(schema=dict(schema))
-
-
-def _epoch_us(value: dt.datetime) -> int:
-    return (value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
 
 
 _LINKS_SCHEMA: dict[str, pl.DataType] = {

@@ -294,8 +294,13 @@ class ModelPolicy(Candidate):
         return _from_actions(data, actions, kernel, act=act_c)
 
 
-def load_artifact(path: Path | str, epsilon: float = 0.0) -> ModelPolicy:
-    """A trained policy artifact (``offline_rl.artifacts.load_policy``) as a candidate."""
+def load_artifact(
+    path: Path | str, epsilon: float = 0.0, *, name: str | None = None
+) -> ModelPolicy:
+    """A trained policy artifact (``offline_rl.artifacts.load_policy``) as a candidate.
+
+    ``name`` labels it in the results (default ``artifact:<folder name>``).
+    """
     if not Path(path).is_dir():
         raise EvaluationError(f"artifact:{path}: policy artifact folder not found")
     try:
@@ -309,7 +314,8 @@ def load_artifact(path: Path | str, epsilon: float = 0.0) -> ModelPolicy:
     except TrainingError as exc:
         raise EvaluationError(f"artifact:{path}: {exc}") from exc
     suffix = f"#epsilon={epsilon}" if epsilon else ""
-    return ModelPolicy(policy, name=f"artifact:{Path(path).name}{suffix}", epsilon=epsilon)
+    label = name if name is not None else f"artifact:{Path(path).name}{suffix}"
+    return ModelPolicy(policy, name=label, epsilon=epsilon)
 
 
 def parse_policy_spec(spec: str) -> Candidate:
