@@ -47,3 +47,10 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[simulator\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_shipped_configs_validate() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for path in [root / "configs" / "nightly.toml", root / "ecomrl" / "demo.toml"]:
+        config = load_config(path)
+        assert config.run.eval_days >= 1, path
