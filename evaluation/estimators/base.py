@@ -25,6 +25,10 @@ from evaluation.weights import cumulative_weights, effective_sample_size
 Combine = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _column_mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+    return np.asarray(s[:, 0] / n)
+
+
 @dataclass(frozen=True, eq=False)
 class EpisodeStatistics:
     """Per-episode statistics ``F`` (N x m, dense or sparse) and how to turn sums into a value.
@@ -36,6 +40,11 @@ class EpisodeStatistics:
     matrix: np.ndarray | sp.csr_matrix
     combine: Combine
     mean_type: bool = False
+
+    @classmethod
+    def mean_of(cls, column: np.ndarray | sp.csr_matrix) -> EpisodeStatistics:
+        """The plain mean of per-episode contributions (an N x 1 column)."""
+        return cls(column, _column_mean, mean_type=True)
 
     @property
     def n_episodes(self) -> int:

@@ -52,7 +52,7 @@ class DirectMethod(OffPolicyEstimator):
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         _, v = inp.require_model(self.name)
         col = v[inp.data.first_row][:, None]
-        return EpisodeStatistics(col, lambda s, n: s[:, 0] / n, mean_type=True)
+        return EpisodeStatistics.mean_of(col)
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,6 @@ from evaluation.estimators.base import (
 from evaluation.estimators.importance_sampling import per_step_denominators
 
 
-def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
-    return np.asarray(s[:, 0] / n)
-
-
 class DoublyRobust(OffPolicyEstimator):
     """Sequential doubly robust estimator (Jiang & Li 2016), per-decision form."""
 
@@ -44,7 +40,7 @@ class DoublyRobust(OffPolicyEstimator):
         q, v = inp.require_model(self.name)
         d = inp.data
         per_row = d.discount * (inp.w * (d.reward - q) + inp.w_prev * v)
-        return EpisodeStatistics(per_episode_column(d, per_row), _mean, mean_type=True)
+        return EpisodeStatistics.mean_of(per_episode_column(d, per_row))
 
 
 class WeightedDoublyRobust(OffPolicyEstimator):

@@ -28,10 +28,6 @@ from evaluation.estimators.base import (
 )
 
 
-def _mean(s: np.ndarray, n: np.ndarray) -> np.ndarray:
-    return np.asarray(s[:, 0] / n)
-
-
 def _ratio(s: np.ndarray, n: np.ndarray) -> np.ndarray:
     return safe_ratio(s[:, 0], s[:, 1])
 
@@ -50,7 +46,7 @@ class TrajectoryIS(OffPolicyEstimator):
 
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         col = (inp.trajectory_weights * inp.data.returns)[:, None]
-        return EpisodeStatistics(col, _mean, mean_type=True)
+        return EpisodeStatistics.mean_of(col)
 
 
 class PerDecisionIS(OffPolicyEstimator):
@@ -67,7 +63,7 @@ class PerDecisionIS(OffPolicyEstimator):
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         d = inp.data
         col = per_episode_column(d, d.discount * inp.w * d.reward)
-        return EpisodeStatistics(col, _mean, mean_type=True)
+        return EpisodeStatistics.mean_of(col)
 
 
 class WeightedIS(OffPolicyEstimator):

@@ -18,6 +18,4 @@ class OnPolicyValue(OffPolicyEstimator):
     unbiased = True
 
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
-        return EpisodeStatistics(
-            inp.data.returns[:, None], lambda s, n: s[:, 0] / n, mean_type=True
-        )
+        return EpisodeStatistics.mean_of(inp.data.returns[:, None])

@@ -47,9 +47,7 @@ class IPW(OffPolicyEstimator):
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         _check_one_step(inp, self.name)
         w = _ratio_w(inp)
-        return EpisodeStatistics(
-            (w * inp.data.reward)[:, None], lambda s, n: s[:, 0] / n, mean_type=True
-        )
+        return EpisodeStatistics.mean_of((w * inp.data.reward)[:, None])
 
     def estimate_policy_value(self, inp: OPEInput) -> float:
         _check_one_step(inp, self.name)
@@ -85,7 +83,7 @@ class DirectMethodBandit(OffPolicyEstimator):
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         _check_one_step(inp, self.name)
         _, v = inp.require_model(self.name)
-        return EpisodeStatistics(v[:, None], lambda s, n: s[:, 0] / n, mean_type=True)
+        return EpisodeStatistics.mean_of(v[:, None])
 
     def estimate_policy_value(self, inp: OPEInput) -> float:
         _check_one_step(inp, self.name)
@@ -104,7 +102,7 @@ class DoublyRobustBandit(OffPolicyEstimator):
         _check_one_step(inp, self.name)
         q, v = inp.require_model(self.name)
         col = v + _ratio_w(inp) * (inp.data.reward - q)
-        return EpisodeStatistics(col[:, None], lambda s, n: s[:, 0] / n, mean_type=True)
+        return EpisodeStatistics.mean_of(col[:, None])
 
     def estimate_policy_value(self, inp: OPEInput) -> float:
         _check_one_step(inp, self.name)
