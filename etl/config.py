@@ -86,6 +86,31 @@ class RewardWeights(BaseModel):
     revenue: float = 0.0
 
 
+class SparkConfig(BaseModel):
+    """How the ETL runs on Spark (the ``[etl.spark]`` table; used when ``engine = "spark"``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: str = Field(
+        "local[1]",
+        description="Spark master URL: 'local[N]', 'spark://host:7077', 'yarn', 'k8s://...'. "
+        "Ignored when a Spark session already exists (spark-submit, Databricks).",
+    )
+    app_name: str = "ecomrl-etl"
+    partitions: int | None = Field(
+        None,
+        gt=0,
+        description="User partitions of the transform (one polars call each). None: twice "
+        "Spark's default parallelism.",
+    )
+    fast_start: bool = Field(
+        True, description="For local masters: JVM and Spark settings that cut start-up."
+    )
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="Extra Spark settings (spark.executor.memory, ...)."
+    )
+
+
 class EtlConfig(BaseModel):
     """How raw logs become transitions."""
 
@@ -163,4 +188,9 @@ class EtlConfig(BaseModel):
         ),
     )
     n_buckets: int = Field(1, gt=0, description="User-hash buckets the local engine processes.")
-    engine: Literal["local"] = "local"
+    engine: Literal["local", "spark"] = Field(
+        "local",
+        description="local: polars over user-hash buckets; spark: the same transform in Spark "
+        "workers (extra ecomrl[spark]; see docs/spark.md). Both write the same dataset.",
+    )
+    spark: SparkConfig = Field(default_factory=SparkConfig)

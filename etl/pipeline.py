@@ -278,7 +278,9 @@ def _manifest(
         "counts": _totals(by_date),
         "counts_by_date": by_date,
         "date_range": [dates[0], dates[-1]] if dates else None,
-        "config": config.model_dump(mode="json"),
+        # how it ran (engine, Spark settings) is not what it means: both engines write the
+        # same manifest
+        "config": config.model_dump(mode="json", exclude={"engine", "spark"}),
     }
 
 

@@ -53,10 +53,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
 
 from etl.clean import LINK_TS, LINK_USER, identity_links
-from etl.config import EtlConfig
+from etl.config import EtlConfig, SparkConfig
 from etl.core import COUNT_SCHEMA, RAW_OBS, GlobalInputs, global_inputs, transform_partition
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
@@ -130,31 +129,6 @@ _DUP = "_dup"
 _DATE = "_date"
 _TRANS, _QUAR, _COUNT = "transition", "quarantine", "count"
 _ETL_ERROR = re.compile(r"EtlError: (.+)")
-
-
-class SparkConfig(BaseModel):
-    """How the ETL runs on Spark (proposed as the ``[etl.spark]`` table of the TOML config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    master: str = Field(
-        "local[1]",
-        description="Spark master URL: 'local[N]', 'spark://host:7077', 'yarn', 'k8s://...'. "
-        "Ignored when a Spark session already exists (spark-submit, Databricks).",
-    )
-    app_name: str = "ecomrl-etl"
-    partitions: int | None = Field(
-        None,
-        gt=0,
-        description="User partitions of the transform (one polars call each). None: twice "
-        "Spark's default parallelism.",
-    )
-    fast_start: bool = Field(
-        True, description="For local masters: JVM and Spark settings that cut start-up."
-    )
-    conf: dict[str, str] = Field(
-        default_factory=dict, description="Extra Spark settings (spark.executor.memory, ...)."
-    )
 
 
 # ----------------------------------------------------------------------------- session
@@ -657,8 +631,8 @@ def run_etl_spark(
 ) -> EtlResult:
     """:func:`etl.pipeline.run_etl` on Spark: same inputs, same outputs, same result.
 
-    ``settings``: the Spark settings (default: ``config.spark`` when the ETL config has that
-    table, else :class:`SparkConfig` defaults, i.e. ``local[1]``); ``master``: overrides its
+    ``settings``: the Spark settings (default: ``config.spark``, the ``[etl.spark]`` table;
+    ``local[1]`` when absent); ``master``: overrides its
     master URL (both are ignored when ``spark`` is given or a session is already active, as
     under spark-submit or on Databricks); ``date``: the
     nightly run of one decision date (that day's rows are collected to the driver and written
@@ -669,8 +643,7 @@ def run_etl_spark(
     """
     config = config or EtlConfig()
     if settings is None:
-        from_config = getattr(config, "spark", None)
-        settings = from_config if isinstance(from_config, SparkConfig) else SparkConfig()
+        settings = config.spark
     if master is not None:
         settings = settings.model_copy(update={"master": master})
     input_root, out_root = Path(input_root), Path(out_root)

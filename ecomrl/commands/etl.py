@@ -65,6 +65,17 @@ def register(app: typer.Typer) -> None:
             typer.Option("--buckets", help="Process users in this many hash buckets "
                          "(less memory); overrides etl.n_buckets in the config."),
         ] = None,
+        engine: Annotated[
+            str | None,
+            typer.Option("--engine", help="local (polars over user-hash buckets) or spark (the "
+                         "same transform in Spark workers; needs ecomrl[spark] and Java); "
+                         "overrides etl.engine."),
+        ] = None,
+        master: Annotated[
+            str | None,
+            typer.Option("--master", help="Spark master URL for --engine spark (local[N], "
+                         "spark://host:7077, yarn, ...); overrides etl.spark.master."),
+        ] = None,
     ) -> None:
         """Validate, clean and attribute raw logs, build states as of each decision, and write
         the transition dataset with its manifest. Prints how every input row was accounted for
@@ -84,7 +95,18 @@ def register(app: typer.Typer) -> None:
                 day = dt.date.fromisoformat(date)
             except ValueError as exc:
                 raise EtlError(f"--date must be YYYY-MM-DD, got {date!r}") from exc
-        result = run_etl(input_dir, out, cfg, date=day)
+        if engine is not None:
+            if engine not in ("local", "spark"):
+                raise EtlError(f"--engine must be local or spark, got {engine!r}")
+            cfg = cfg.model_copy(update={"engine": engine})
+        if master is not None:
+            cfg = cfg.model_copy(update={"spark": cfg.spark.model_copy(update={"master": master})})
+        if cfg.engine == "spark":
+            from etl.spark_engine import run_etl_spark
+
+            result = run_etl_spark(input_dir, out, cfg, date=day)
+        else:
+            result = run_etl(input_dir, out, cfg, date=day)
         counts = result.manifest["counts_by_date"].get(day.isoformat(), {}) if day else \
             result.counts
         typer.echo(_summary(counts, result.transitions.height, out))

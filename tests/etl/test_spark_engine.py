@@ -186,3 +186,22 @@ def test_column_error_in_a_task_is_an_etl_error(spark: SparkSession, tmp_path: P
     with pytest.raises(EtlError, match=r"events/date=2026-01-05/part-00000.parquet.*event_ts"):
         run_etl_spark(root, tmp_path / "out", spark=spark, settings=SETTINGS)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.spark
+def test_cli_engine_flag_runs_spark_and_writes_the_local_manifest(
+    spark: SparkSession, raw: Path, tmp_path: Path
+) -> None:
+    """``ecomrl etl --engine spark`` (the module's session is reused) == the local engine."""
+    import json
+
+    from ecomrl.cli import main
+
+    assert main(["etl", "--engine", "spark", "--master", "local[1]", "--input", str(raw),
+                 "--out", str(tmp_path / "cli")]) == 0
+    local = run_etl(raw, tmp_path / "local", EtlConfig())
+    written = json.loads((tmp_path / "cli" / "_manifest.json").read_text())
+    assert written["counts"] == local.manifest["counts"]
+    assert written["config"] == local.manifest["config"]
+    got, want = _files(tmp_path / "cli"), _files(tmp_path / "local")
+    assert sorted(got) == sorted(want)
