@@ -148,6 +148,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
                 data_dir=dataset,
                 candidate="candidate",
                 current_date=date.isoformat(),
+                generated_at=f"by the nightly run for {date.isoformat()}",
             )
             render_report(inputs, scratch / "report")
             timings["report_s"] = time.perf_counter() - clock

@@ -370,12 +370,15 @@ def report_inputs_from_ope(
     drift: DriftSummary | None = None,
     candidate: str | None = None,
     title: str = "Policy approval report",
+    generated_at: str | None = None,
 ) -> ReportInputs:
     """Map a parsed ``ope.json`` (``EvaluationResult.to_dict()``) into :class:`ReportInputs`.
 
     The verdict is about ``candidate`` (default: the evaluation's ``primary_candidate``, else
     its first); every other candidate is shown beside it. The margin is read off the value
-    rule (the ``improvement`` check: threshold = behaviour value + margin).
+    rule (the ``improvement`` check: threshold = behaviour value + margin). ``generated_at``
+    is printed under the verdict (default: now, UTC); a job that must reproduce its output on a
+    rerun passes something stable, such as its run date.
     """
     raw_candidates = [c for c in ope.get("candidates") or [] if isinstance(c, Mapping)]
     if not raw_candidates:
@@ -429,7 +432,7 @@ def report_inputs_from_ope(
             data = DataSummary(
                 **{**vars(data), "propensity_source": {str(k): int(v) for k, v in sources.items()}}
             )
-    generated = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    generated = generated_at or dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
     return ReportInputs(
         title=title,
         generated_at=generated,
@@ -454,6 +457,7 @@ def report_inputs_from_run(
     compute_drift: bool = True,
     current_date: str | None = None,
     psi_threshold: float = PSI_THRESHOLD,
+    generated_at: str | None = None,
 ) -> ReportInputs:
     """Everything the report shows, read from a run's files.
 
@@ -497,7 +501,9 @@ def report_inputs_from_run(
                 current_date=current_date,
                 psi_threshold=psi_threshold,
             )
-    inputs = report_inputs_from_ope(ope, data=data, drift=drift, candidate=candidate)
+    inputs = report_inputs_from_ope(
+        ope, data=data, drift=drift, candidate=candidate, generated_at=generated_at
+    )
     training = None
     if artifact_dir is not None:
         training = training_curves_from_artifact(Path(artifact_dir))

@@ -330,7 +330,7 @@ class TrainingCurves:
     series: dict[str, list[tuple[float, float]]]
     """Metric name to (step, value) points."""
     facts: dict[str, float] = field(default_factory=dict)
-    """Training facts (transitions and episodes used, updates per second, ...)."""
+    """Training facts (transitions and episodes used, ...)."""
     validation: dict[str, float] = field(default_factory=dict)
     """Validation metrics on the held-out episodes (action match, TD error, initial value)."""
     behaviour_check: dict[str, float] = field(default_factory=dict)
