@@ -33,6 +33,8 @@ class RunConfig(BaseModel):
     """One folder per run date (``runs/D/``), plus the approvals record and the lock."""
     eval_days: int = Field(7, ge=1)
     """Episodes starting in the last ``eval_days`` days up to the run date are held out for OPE."""
+    warm_start: bool = False
+    """Start the candidate's training from the production policy's weights, when there is one."""
     bc_baseline: bool = True
     """Also train behaviour cloning on the same data and evaluate it as a baseline."""
     baselines: list[str] = Field(default_factory=lambda: ["rule:constant=0"])

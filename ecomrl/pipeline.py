@@ -6,7 +6,8 @@
    up to ``D`` when the dataset does not exist yet), replacing that day's partition atomically.
 2. **split**: episodes that start in the last ``[run].eval_days`` days up to ``D`` are held out
    for evaluation; older episodes train. Nothing after ``D`` is used.
-3. **train** the candidate (``[train]``; optionally warm-started from the policy in production)
+3. **train** the candidate (``[train]``; warm-started from the policy in production when
+   ``[run].warm_start``)
    and, as a baseline, behaviour cloning.
 4. **evaluate** the candidate, the production policy (the last policy approved by a run of an
    earlier date, else the logging policy itself), behaviour cloning and the configured rule
@@ -116,7 +117,10 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
         final = runs_dir / date.isoformat()
         with staged_directory(final) as scratch:
             clock = time.perf_counter()
-            candidate = train_on_frame(train_frame, manifest, scratch / "candidate", config.train)
+            candidate = train_on_frame(
+                train_frame, manifest, scratch / "candidate", config.train,
+                init_from=production if run.warm_start else None,
+            )
             policies: list[Any] = [load_artifact(candidate.artifact, name="candidate")]
             if run.bc_baseline:
                 discrete = manifest.data["action_space"]["type"] == "discrete"
@@ -164,6 +168,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
                 "exit_code": exit_code,
                 "candidate_artifact": str(artifact),
                 "production_policy": str(production.relative_to(runs_dir)) if production else None,
+                "warm_started": bool(run.warm_start and production is not None),
                 "backfill": backfill,
                 "etl_counts": etl_result.counts,
                 "timings_s": {k: round(v, 3) for k, v in timings.items()},

@@ -106,6 +106,31 @@ def reward_multiplier(config: TrainConfig, arrays: TransitionArrays) -> float:
     return 1.0 / std if std > 1e-12 else 1.0
 
 
+def warm_start(algo: Any, artifact: Path, agent: str, manifest: TransitionManifest) -> None:
+    """Load the weights of ``artifact`` into ``algo`` (built for ``agent`` on ``manifest``).
+
+    Refuses an artifact whose files fail their hashes, of another agent, or trained on other
+    features: its weights would not mean the same thing. d3rlpy's ``load_model`` restores the
+    optimizer states too, so training continues with the artifact's Adam moments and learning
+    rate.
+    """
+    from offline_rl.artifacts import verify_checksums
+
+    if not artifact.is_dir():
+        raise TrainingError(f"warm start: artifact not found: {artifact}")
+    verify_checksums(artifact)
+    config = json.loads((artifact / "config.json").read_text(encoding="utf-8"))
+    data = json.loads((artifact / "data.json").read_text(encoding="utf-8"))
+    if config.get("agent") != agent:
+        raise TrainingError(
+            f"warm start: {artifact} is a {config.get('agent')} policy, not {agent}"
+        )
+    if data.get("feature_names") != manifest.feature_names:
+        raise TrainingError(f"warm start: {artifact} was trained on other features")
+    algo.load_model(str(artifact / "model.pt"))
+    log.info("warm_start", artifact=str(artifact))
+
+
 def build_algo(
     agent: AgentConfig,
     manifest: TransitionManifest,
@@ -321,8 +346,13 @@ def train_on_frame(
     *,
     resume: bool = False,
     progress: bool | None = None,
+    init_from: Path | str | None = None,
 ) -> TrainResult:
-    """Train on an in-memory transitions frame and its manifest (sorted and validated here)."""
+    """Train on an in-memory transitions frame and its manifest (sorted and validated here).
+
+    ``init_from``: warm-start from the weights of a trained artifact (same agent, same
+    features; its hashes are verified first). Ignored when resuming from a checkpoint.
+    """
     config = config or TrainConfig()
     out = Path(out)
     frame = frame.sort(["episode_id", "step"], maintain_order=True)
@@ -354,6 +384,8 @@ def train_on_frame(
         device=device,
         compile_graph=config.compile and on_cuda,
     )
+    if init_from is not None and not resume:
+        warm_start(algo, Path(init_from), agent.name, manifest)
     trainer = (
         FastTrainer(algo, to_tensors(train_arrays, algo, device), seed=config.seed)
         if config.fast_loop

@@ -96,3 +96,26 @@ def test_production_policy_is_the_latest_approval_before_the_date(tmp_path: Path
     assert production_policy(tmp_path, dt.date(2026, 1, 9)) == (
         tmp_path / "2026-01-05" / "candidate" / "discrete_cql"
     )
+
+
+@pytest.mark.slow
+def test_next_day_evaluates_the_approved_policy_and_warm_starts_from_it(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    config = _config(runs)
+    earlier = DAY - dt.timedelta(days=1)
+    run_nightly(config, earlier)
+    artifact = json.loads((runs / earlier.isoformat() / "run.json").read_text())[
+        "candidate_artifact"
+    ]
+    # as if that run had been approved
+    (runs / "approvals").mkdir(exist_ok=True)
+    (runs / "approvals" / f"{earlier}.json").write_text(
+        json.dumps({"artifact": f"{earlier}/{artifact}"})
+    )
+    warm = config.model_copy(update={"run": config.run.model_copy(update={"warm_start": True})})
+    run_nightly(warm, DAY)
+    summary = json.loads((runs / DAY.isoformat() / "run.json").read_text())
+    assert summary["production_policy"] == f"{earlier}/{artifact}"
+    assert summary["warm_started"] is True
+    ope = json.loads((runs / DAY.isoformat() / "evaluation" / "ope.json").read_text())
+    assert {c["name"] for c in ope["candidates"]} >= {"candidate", "production"}

@@ -42,6 +42,12 @@ def _params(algo: Any) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for m in modules.values() for p in m.parameters()])
 
 
+def _learned(algo: Any) -> torch.Tensor:
+    modules = algo.impl.modules.get_torch_modules()
+    return torch.cat([p.detach().flatten() for name, m in modules.items()
+                      if not name.startswith("targ") for p in m.parameters()])
+
+
 @pytest.mark.parametrize(
     "agent", ["discrete_cql", "discrete_bcq", "discrete_bc", "cql", "bcq", "bc"]
 )
@@ -227,3 +233,39 @@ def test_onnx_export_matches_predict(
     expected = result.algo.predict(obs)
     np.testing.assert_allclose(out.reshape(expected.shape), expected, rtol=0, atol=1e-6)
     assert load_policy(result.artifact).metrics["onnx_exported"] is True
+
+
+def test_warm_start_loads_the_artifact_weights_and_refuses_a_mismatch(
+    tmp_path: Path, discrete_data: tuple[pl.DataFrame, TransitionManifest]
+) -> None:
+    from offline_rl.train import build_algo, resolve_agent, warm_start
+
+    frame, manifest = discrete_data
+    config = _config("discrete_cql", 20)
+    first = train_on_frame(frame, manifest, tmp_path / "a", config, progress=False)
+    trained = _params(load_policy(first.artifact).algo)
+
+    agent = resolve_agent(config, manifest)
+    fresh = build_algo(agent, manifest, gamma=0.9, multiplier=1.0, device="cpu:0")
+    assert not torch.equal(_params(fresh), trained)
+    warm_start(fresh, first.artifact, agent.name, manifest)
+    assert torch.equal(_params(fresh), trained)
+
+    # train_on_frame(init_from=...) starts from there: one step later its Q network is much
+    # closer to the artifact's than a cold start's (the target network is synced at the first
+    # update, so only the learned networks are compared)
+    one = config.model_copy(update={"n_steps": 1})
+    warm = train_on_frame(frame, manifest, tmp_path / "b", one, progress=False,
+                          init_from=first.artifact)
+    cold = train_on_frame(frame, manifest, tmp_path / "c", one, progress=False)
+    reference = _learned(load_policy(first.artifact).algo)
+    dist_warm = float((_learned(warm.algo) - reference).norm())
+    dist_cold = float((_learned(cold.algo) - reference).norm())
+    assert dist_warm < 0.5 * dist_cold
+
+    with pytest.raises(TrainingError, match="not discrete_bc"):
+        train_on_frame(frame, manifest, tmp_path / "d", _config("discrete_bc", 1),
+                       progress=False, init_from=first.artifact)
+    (first.artifact / "model.pt").write_bytes(b"tampered")
+    with pytest.raises(TrainingError):
+        warm_start(fresh, first.artifact, agent.name, manifest)
