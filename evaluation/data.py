@@ -10,7 +10,7 @@ decision.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -207,19 +207,9 @@ class EpisodeData:
         action_probabilities: FloatArray | None = None,
     ) -> EpisodeData:
         """A copy with the behaviour propensities (and optionally full distributions) replaced."""
-        return EpisodeData(
-            episode=self.episode,
-            step=self.step,
-            action=self.action,
-            reward=self.reward,
+        return replace(
+            self,
             behaviour_propensity=propensity,
-            terminal=self.terminal,
-            timeout=self.timeout,
-            gamma=self.gamma,
-            action_space=self.action_space,
-            observation=self.observation,
-            decision_id=self.decision_id,
-            episode_id=self.episode_id,
             propensity_source=source,
             behaviour_action_probabilities=(
                 action_probabilities
