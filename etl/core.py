@@ -160,6 +160,8 @@ def _drop_duplicates(frame: pl.DataFrame, table: str, duplicates: pl.DataFrame |
     else:
         dups = duplicates
     dups = dups.filter(pl.col("source_table") == table)
+    if dups.height == 0:  # nothing to drop: no per-row key to build
+        return pl.lit(False)
     keys = dups.select(pl.concat_str([SOURCE_FILE, pl.col(ROW_NR).cast(pl.String)],
                                      separator="\x00").alias("_k"))["_k"]
     row_key = pl.concat_str([SOURCE_FILE, pl.col(ROW_NR).cast(pl.String)], separator="\x00")

@@ -156,6 +156,14 @@ def _linked(frame: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
     return frame.join(links, on="anonymous_id", how="left", maintain_order="left")
 
 
+def _select_linked(frame: pl.DataFrame, columns: list[str], links: pl.DataFrame) -> pl.DataFrame:
+    """``columns`` of ``frame`` with the identity-map columns of each row's anonymous id: kept
+    when the frame carries them already (cleaned rows, joined to the same map), else joined."""
+    if LINK_USER in frame.columns and LINK_TS in frame.columns:
+        return frame.select(*columns, LINK_USER, LINK_TS)
+    return _linked(frame.select(columns), links)
+
+
 def _money(expr: pl.Expr) -> pl.Expr:
     return (expr * MICRO).round(0).cast(pl.Int64)
 
@@ -203,13 +211,43 @@ def _decision_key() -> pl.Expr:
     ).alias(KEY)
 
 
+def _sorted(both: pl.DataFrame) -> pl.DataFrame:
+    """``both`` sorted by (``_kid``, ``_avail``, ``_h``, ``_tie``).
+
+    When they fit, the first three keys are packed into one unsigned 64-bit key (identity in the
+    high bits, time since the earliest row, query-or-row in the lowest bit): the same order,
+    from a sort on two columns instead of four (a constant ``_tie`` is not sorted on at all).
+    """
+    if both.height == 0:
+        return both.sort(KID, AVAIL, "_h", TIE)
+    kmax, lo, hi, nulls, tie_lo, tie_hi = both.select(
+        pl.col(KID).max().alias("a"),
+        pl.col(AVAIL).min().alias("b"),
+        pl.col(AVAIL).max().alias("c"),
+        (pl.col(KID).null_count() + pl.col(AVAIL).null_count() + pl.col("_h").null_count())
+        .alias("d"),
+        pl.col(TIE).min().alias("e"),
+        pl.col(TIE).max().alias("f"),
+    ).row(0)
+    shift = (hi - lo).bit_length() + 1
+    if nulls or kmax is None or int(kmax).bit_length() + shift > 64:
+        return both.sort(KID, AVAIL, "_h", TIE)
+    packed = (
+        pl.col(KID).cast(pl.UInt64) * pl.lit(1 << shift, dtype=pl.UInt64)
+        + (pl.col(AVAIL) - lo).cast(pl.UInt64) * pl.lit(2, dtype=pl.UInt64)
+        + pl.col("_h").cast(pl.UInt64)
+    ).alias("_p")
+    keys = ["_p"] if tie_lo == tie_hi and both[TIE].null_count() == 0 else ["_p", TIE]
+    return both.with_columns(packed).sort(keys).drop("_p")
+
+
 def _scan_at(
     history: pl.DataFrame,
     dec: pl.DataFrame,
     at: dict[str, str],
     *,
     sums: list[str],
-    lasts: dict[str, tuple[str | pl.Expr, str]],
+    lasts: dict[str, tuple[str | pl.Expr | None, str]],
     first_in_group: str | None = None,
     first_col: str | None = None,
     first_when: str | None = None,
@@ -220,26 +258,41 @@ def _scan_at(
     and each ``suffix -> time column`` of ``at``, returns per identity the sum of each column of
     ``sums`` over the rows available strictly before that time (``<sum><suffix>``), and, for each
     ``name -> (condition, column)`` of ``lasts``, the column's value on the last such row where
-    the condition holds (``<name><suffix>``). ``first_col`` counts the rows that are the first
-    of their ``first_in_group`` value within the identity (e.g. sessions started). Decision rows
-    are queries merged into the sorted history (queries sort before rows of the same time, which
-    makes "before" strict); no as-of join and no per-group hashing is needed. Result rows follow
+    the condition (a column name, an expression, or ``None``: every row) holds
+    (``<name><suffix>``). Sum columns may be boolean or any integer type (summed as Int64).
+    ``first_col`` counts the rows that are the first of their ``first_in_group`` value within
+    the identity (e.g. sessions started). Decision rows are queries merged into the sorted
+    history (queries sort before rows of the same time, which makes "before" strict); no as-of
+    join and no per-group hashing is needed. Result rows follow
     ``dec["_row"]``.
     """
     n_q = len(at)
-    cond_cols = {f"_c{i}": cond for i, (cond, _) in enumerate(lasts.values())}
+    # condition and value columns are taken from ``history`` by name, each once; an expression
+    # condition gets a column of its own and a ``None`` condition holds on every history row
+    cond_cols: dict[str, pl.Expr] = {}
+    cond_of: dict[str, str | None] = {}
+    for i, (name, (cond, _)) in enumerate(lasts.items()):
+        if isinstance(cond, pl.Expr):
+            cond_cols[f"_c{i}"] = cond.alias(f"_c{i}")
+            cond_of[name] = f"_c{i}"
+        else:
+            cond_of[name] = cond
     extra: list[pl.Expr] = []
     if first_in_group is not None and first_col is not None:
         extra.append(pl.col(first_in_group).hash(seed=1).alias("_g"))
         if first_when is not None:
             extra.append(pl.col(first_when).alias("_gw"))
+    taken = [KID, AVAIL, TIE, *[c for c in sums if c != first_col]]
+    for name, (_, col) in lasts.items():
+        for c in (cond_of[name], col):
+            if c is not None and c not in taken and c not in cond_cols:
+                taken.append(c)
     hist = history.select(
         KID, AVAIL, TIE, pl.lit(1, dtype=pl.UInt8).alias("_h"),
         pl.lit(None, dtype=pl.UInt32).alias("_q"),
-        *[pl.col(c) for c in sums if c != first_col],
+        *taken[3:],
         *extra,
-        *[(pl.col(c) if isinstance(c, str) else c).alias(k) for k, c in cond_cols.items()],
-        *[pl.col(col).alias(f"_v_{name}") for name, (_, col) in lasts.items()],
+        *cond_cols.values(),
     )
     queries = pl.concat(
         [
@@ -253,28 +306,37 @@ def _scan_at(
             for q, col in enumerate(at.values())
         ]
     )
-    both = pl.concat([hist, queries], how="diagonal").sort(KID, AVAIL, "_h", TIE)
+    both = _sorted(pl.concat([hist, queries], how="diagonal"))
     both = both.with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias("_idx"),
         (pl.col(KID) != pl.col(KID).shift(1)).fill_null(True).alias("_start"),
     ).with_columns(pl.when("_start").then(pl.col("_idx")).forward_fill().alias("_gs"))
     if extra:
-        is_first = pl.struct(KID, "_g").is_first_distinct() & (pl.col("_h") == 1)
+        is_first = pl.col("_g").is_first_distinct().over(KID) & (pl.col("_h") == 1)
         if first_when is not None:
             is_first = is_first & pl.col("_gw").fill_null(False)
         both = both.with_columns(is_first.cast(pl.Int64).alias(str(first_col)))
     idx, start, group_start = pl.col("_idx"), pl.col("_start"), pl.col("_gs")
+    is_row = pl.col("_h") == 1
+    at_cond: dict[str | None, str] = {}
+    for cond in dict.fromkeys(cond_of.values()):
+        at_cond[cond] = f"_at{len(at_cond)}"
+    if at_cond:
+        both = both.with_columns(
+            pl.when(is_row if cond is None else is_row & pl.col(cond).fill_null(False))
+            .then(idx).forward_fill().alias(alias)
+            for cond, alias in at_cond.items()
+        )
     exprs: list[pl.Expr] = []
     for c in sums:
-        x = pl.col(c).fill_null(0)
+        x = pl.col(c).cast(pl.Int64).fill_null(0)
         cs = x.cum_sum()
         base = pl.when(start).then(cs - x).forward_fill()
         exprs.append((cs - base).alias(c))
-    for i, name in enumerate(lasts):
-        hit = (pl.col("_h") == 1) & pl.col(f"_c{i}").fill_null(False)
-        at_idx = pl.when(hit).then(idx).forward_fill()
+    for name, (_, col) in lasts.items():
+        at_idx = pl.col(at_cond[cond_of[name]])
         valid = at_idx.is_not_null() & (at_idx >= group_start)
-        value = pl.col(f"_v_{name}").gather(at_idx.fill_null(0))
+        value = pl.col(col).gather(at_idx.fill_null(0))
         exprs.append(pl.when(valid).then(value).alias(name))
     answered = both.with_columns(exprs).filter(pl.col("_h") == 0).sort("_q")
     names = [*sums, *lasts]
@@ -307,15 +369,11 @@ def raw_features(
     win = days_us(spec.window_days)
     space = spec.space
 
-    dec = decisions.select(
-        "user_id",
-        "anonymous_id",
-        "session_id",
-        SESSION,
-        pl.col("event_ts").dt.epoch("us").alias(T),
-        *[pl.col(c) for c in spec.context],
+    dec = _select_linked(
+        decisions.with_columns(pl.col("event_ts").dt.epoch("us").alias(T)),
+        ["user_id", "anonymous_id", "session_id", SESSION, T, *spec.context],
+        links,
     ).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
-    dec = _linked(dec, links)
     dec = dec.with_columns(_decision_key(), (pl.col(T) - win).alias("_t0"),
                            (pl.col(T) - US_PER_DAY).alias("_t1"))
 
@@ -327,7 +385,7 @@ def raw_features(
                    how="left")
 
     # --- event history: integer increments per identity, in order of availability
-    ev = _linked(events.select(EVENT_NEED), links)
+    ev = _select_linked(events, EVENT_NEED, links)
     ev = _history_keys(ev, "event_ts").join(keys, on=KEY, how="inner")
     etype = pl.col("event_type")
     decision = etype == "decision"
@@ -336,29 +394,27 @@ def raw_features(
         KID,
         AVAIL,
         pl.col("event_id").hash(seed=0).alias(TIE),
-        pl.lit(1, dtype=pl.Int64).alias("c_ev"),
-        etype.is_in(["page_view", "view_item"]).cast(pl.Int64).alias("c_view"),
-        (etype == "add_to_cart").cast(pl.Int64).alias("c_cart"),
+        pl.lit(1, dtype=pl.UInt8).alias("c_ev"),
+        etype.is_in(["page_view", "view_item"]).alias("c_view"),
+        (etype == "add_to_cart").alias("c_cart"),
         pl.col(SESSION),
-        offer.fill_null(False).cast(pl.Int64).alias("c_offer"),
-        decision.cast(pl.Int64).alias("c_dec"),
+        offer.fill_null(False).alias("c_offer"),
+        decision.alias("c_dec"),
         pl.when(decision).then(_money(pl.col(ACTION_VAL).fill_null(0.0))).otherwise(0)
         .alias("c_rate"),
-        offer.fill_null(False).alias("_is_offer"),
-        decision.alias("_is_dec"),
         pl.col(ACTION_IDX),
         pl.col(ACTION_VAL),
     )
     ev_at = _scan_at(
         ev, dec, {"": T, "_0": "_t0", "_1": "_t1"},
         sums=["c_ev", "c_view", "c_cart", "c_sess", "c_offer", "c_dec", "c_rate"],
-        lasts={"last_ev": (pl.lit(True), AVAIL), "last_offer": ("_is_offer", AVAIL),
-               "last_dec": ("_is_dec", AVAIL), "last_idx": ("_is_dec", ACTION_IDX),
-               "last_val": ("_is_dec", ACTION_VAL)},
+        lasts={"last_ev": (None, AVAIL), "last_offer": ("c_offer", AVAIL),
+               "last_dec": ("c_dec", AVAIL), "last_idx": ("c_dec", ACTION_IDX),
+               "last_val": ("c_dec", ACTION_VAL)},
         first_in_group=SESSION, first_col="c_sess",
     )
     # --- order history
-    od = _linked(orders.select(ORDER_NEED), links)
+    od = _select_linked(orders, ORDER_NEED, links)
     od = _history_keys(od, "order_ts").join(keys, on=KEY, how="inner")
     placed = pl.col("status") == "placed"
     value = pl.col("quantity").cast(pl.Float64) * pl.col("unit_price") * pl.col("_fx")
