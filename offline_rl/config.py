@@ -63,10 +63,15 @@ class TrainConfig(BaseModel):
     """Torch intra-op threads; 1 on small shared machines (OpenMP spin-waiting otherwise)."""
     fast_loop: bool = True
     """Vectorised minibatch sampling + d3rlpy's own update; ``False`` runs d3rlpy's ``fit()``."""
-    compile: bool = False
-    """``torch.compile`` the loss of the discrete agents on the CPU (costs ~40 s of compilation,
-    pays off beyond a few thousand steps; losses equal d3rlpy's to float rounding, not bitwise).
-    On CUDA, d3rlpy's own ``compile_graph`` is switched on instead."""
+    compile: bool | Literal["auto"] = "auto"
+    """``torch.compile`` the loss of the discrete Q-learning agents (DiscreteCQL, DiscreteBCQ) on
+    the CPU: about 1.6x more updates per second than the fast loop alone, for 25-40 s of
+    compilation (seconds with torch's on-disk cache); losses equal d3rlpy's to float rounding
+    (~1e-7 relative), not bitwise. ``auto``: compile when the run has at least
+    ``COMPILE_AUTO_MIN_STEPS`` (5,000) steps to train on the CPU, where it pays for itself;
+    ``true`` always; ``false`` never (bit-exact d3rlpy arithmetic). On CUDA, ``true`` switches on
+    d3rlpy's own ``compile_graph`` instead (``auto`` leaves it off). If compilation fails (no
+    C++ compiler, say), training goes on uncompiled with a warning."""
     checkpoint_every: int = Field(5_000, ge=1)
     log_every: int = Field(500, ge=1)
     """Steps between two points of the loss curves (means over the interval)."""

@@ -45,7 +45,12 @@ from offline_rl.data import (
     validate_transitions,
 )
 from offline_rl.errors import TrainingError
-from offline_rl.fast_loop import FastTrainer, compile_update, to_tensors
+from offline_rl.fast_loop import (
+    COMPILE_AUTO_MIN_STEPS,
+    FastTrainer,
+    compile_update,
+    to_tensors,
+)
 from offline_rl.splits import split
 
 log = structlog.get_logger(__name__)
@@ -129,6 +134,13 @@ def warm_start(algo: Any, artifact: Path, agent: str, manifest: TransitionManife
         raise TrainingError(f"warm start: {artifact} was trained on other features")
     algo.load_model(str(artifact / "model.pt"))
     log.info("warm_start", artifact=str(artifact))
+
+
+def _wants_compile(config: TrainConfig, steps_left: int) -> bool:
+    """Whether to compile the update on the CPU (see ``TrainConfig.compile``)."""
+    if config.compile == "auto":
+        return steps_left >= COMPILE_AUTO_MIN_STEPS
+    return config.compile
 
 
 def build_algo(
@@ -382,7 +394,7 @@ def train_on_frame(
         gamma=gamma,
         multiplier=multiplier,
         device=device,
-        compile_graph=config.compile and on_cuda,
+        compile_graph=config.compile is True and on_cuda,
     )
     if init_from is not None and not resume:
         warm_start(algo, Path(init_from), agent.name, manifest)
@@ -405,8 +417,9 @@ def train_on_frame(
             log.info("resumed", step=start, checkpoint=str(ckpt))
     if start > config.n_steps:
         raise TrainingError(f"the checkpoint is at step {start}, beyond n_steps={config.n_steps}")
-    if config.compile and not on_cuda and trainer is not None:
-        compile_update(algo)
+    compiled = False
+    if _wants_compile(config, config.n_steps - start) and not on_cuda and trainer is not None:
+        compiled = compile_update(algo)
 
     log.info(
         "training",
@@ -419,6 +432,7 @@ def train_on_frame(
         valid_episodes=valid_arrays.n_episodes if valid_arrays else 0,
         gamma=gamma,
         reward_multiplier=multiplier,
+        compiled=compiled,
     )
     began = time.perf_counter()
     if trainer is not None:
