@@ -1,12 +1,13 @@
 """ETL speed and memory: the ETL against the floor of its I/O, and against plain pandas.
 
-    .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8] [--small]
+    .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8,auto] [--small]
 
 Simulates about N raw events (promotion scenario, the simulator's logging policy), writes them
 as raw-log Parquet partitions, then measures, each in a fresh subprocess (wall and CPU seconds,
 peak resident memory from ``wait4``'s ``ru_maxrss``):
 
-* ``etl``: :func:`etl.run_etl` (backfill) with each bucket count in ``--buckets``;
+* ``etl``: :func:`etl.run_etl` (backfill, ``collect=False``: the output stays on disk) with each
+  bucket count in ``--buckets`` (``auto``: ``EtlConfig``'s choice from the input size);
 * ``floor``: polars reading the same inputs, sorting the events by user and time, and writing as
   many rows as the ETL wrote transitions (a lower bound for any ETL of these files);
 * ``pandas``: a straightforward pandas implementation of the same transform (dedup, identity
@@ -33,11 +34,21 @@ EVENTS_PER_USER = 27.0  # promotion logs of 28 days: about this many events per 
 
 
 # ----------------------------------------------------------------------------- children
+def _buckets(text: str) -> int | str:
+    return text if text == "auto" else int(text)
+
+
 def _child_etl(args: argparse.Namespace) -> dict[str, Any]:
+    import polars as pl
+
     from etl import EtlConfig, run_etl
 
-    res = run_etl(args.input, args.out, EtlConfig(n_buckets=args.buckets_one))
-    return {"transitions": res.transitions.height,
+    config = EtlConfig(n_buckets=_buckets(args.buckets_one))
+    res = run_etl(args.input, args.out, config, collect=False)  # the output stays on disk
+    rows = res.counts["events"]["rows_in"] + res.counts["orders"]["rows_in"]
+    written = pl.scan_parquet(Path(args.out) / "transitions" / "**" / "*.parquet")
+    return {"transitions": int(written.select(pl.len()).collect().item()),
+            "buckets": config.bucket_count(rows),
             "events_in": res.counts["events"]["rows_in"],
             "orders_in": res.counts["orders"]["rows_in"]}
 
@@ -171,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or, with ``--child``, one measured step)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1_000_000, help="raw events to simulate")
-    p.add_argument("--buckets", default="1,8", help="bucket counts to run, comma-separated")
+    p.add_argument("--buckets", default="1,8,auto",
+                   help="bucket counts to run, comma-separated ('auto': EtlConfig's choice)")
     p.add_argument("--pandas-events", type=int, default=100_000,
                    help="input size of the pandas comparison (0: skip)")
     p.add_argument("--small", action="store_true", help="quick run: 100k events, 20k for pandas")
@@ -180,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--buckets-one", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--buckets-one", default="1", help=argparse.SUPPRESS)
     p.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -202,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.small:
         args.events, args.pandas_events = 100_000, 20_000
-    buckets = [int(b) for b in args.buckets.split(",") if b]
+    buckets = [b for b in args.buckets.split(",") if b]
     with tempfile.TemporaryDirectory(prefix="etl_bench_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -221,12 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         floor = _measure("floor", work / "raw", work / "floor", rows=n_rows)
         print(_row("floor (read+sort+write)", floor, n_events, None))
         for b, info in etl_runs.items():
-            print(_row(f"etl, {b} bucket(s)", info, n_events, floor))
+            name = f"etl, {b} bucket(s)" if b != "auto" else f"etl, auto ({info['buckets']})"
+            print(_row(name, info, n_events, floor))
         print(f"transitions written: {n_rows:,}")
 
         if args.pandas_events:
             m = _simulate(args.pandas_events, work / "raw_small")
-            small_etl = _measure("etl", work / "raw_small", work / "etl_small", buckets_one=1)
+            small_etl = _measure("etl", work / "raw_small", work / "etl_small", buckets_one="1")
             pandas = _measure("pandas", work / "raw_small", work / "pandas")
             print(_row("etl (pandas-size input)", small_etl, m, None))
             print(_row("pandas, straightforward", pandas, m, None))

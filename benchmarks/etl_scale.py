@@ -1,12 +1,13 @@
 """ETL at scale: the local engine with 1 and 8 user buckets against the Spark engine (local mode).
 
     .venv/bin/python -m benchmarks.etl_scale [--small] [--events 1000000,10000000]
-                                             [--buckets 1,8] [--master local[2]] [--no-spark]
+                                             [--buckets 1,8,auto] [--master local[2]] [--no-spark]
 
 For each input size, simulates about N raw events (promotion scenario, 28 days), writes them as
 raw-log Parquet partitions, then runs each engine in a fresh subprocess:
 
-* ``local``: :func:`etl.run_etl` (backfill) per bucket count; wall and CPU seconds (user +
+* ``local``: :func:`etl.run_etl` (backfill, ``collect=False``) per bucket count (``auto``:
+  ``EtlConfig``'s choice from the input size); wall and CPU seconds (user +
   system) and peak resident memory of the process, from ``wait4``'s ``ru_maxrss``;
 * ``spark``: :func:`etl.spark_engine.run_etl_spark` with ``--master``; start-up is measured
   apart: ``startup`` (JVM and Spark session) and ``warm-up`` (the first Python task: worker
@@ -36,10 +37,17 @@ EVENTS_PER_USER = 32.0  # promotion logs of 28 days: about this many events per 
 
 # ----------------------------------------------------------------------------- children
 def _child_local(args: argparse.Namespace) -> dict[str, Any]:
+    import polars as pl
+
     from etl import EtlConfig, run_etl
 
-    res = run_etl(args.input, args.out, EtlConfig(n_buckets=args.buckets_one))
-    return {"transitions": res.transitions.height, "counts": res.counts}
+    one = args.buckets_one
+    config = EtlConfig(n_buckets=one if one == "auto" else int(one))
+    res = run_etl(args.input, args.out, config, collect=False)  # the output stays on disk
+    rows = res.counts["events"]["rows_in"] + res.counts["orders"]["rows_in"]
+    written = pl.scan_parquet(Path(args.out) / "transitions" / "**" / "*.parquet")
+    return {"transitions": int(written.select(pl.len()).collect().item()),
+            "buckets": config.bucket_count(rows), "counts": res.counts}
 
 
 def _tree_cpu_and_rss() -> tuple[float, float]:
@@ -113,14 +121,21 @@ def _measure(mode: str, input_dir: Path, out: Path, **extra: Any) -> dict[str, A
     return info
 
 
-def _simulate(n_events: int, root: Path) -> int:
+def _child_simulate(args: argparse.Namespace) -> dict[str, Any]:
     from simulator.config import SimulatorConfig
     from simulator.logs import simulate, write_raw_logs
 
-    n_users = max(50, round(n_events / EVENTS_PER_USER))
+    n_users = max(50, round(args.rows / EVENTS_PER_USER))
     logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0))
-    write_raw_logs(logs, root, truth=False)
-    return logs.events.height
+    write_raw_logs(logs, args.out, truth=False)
+    return {"events_in": logs.events.height}
+
+
+def _simulate(n_events: int, root: Path) -> int:
+    """Simulate in a child process, so that this (parent) process stays small: a child's
+    ``ru_maxrss`` starts from the size of the process it was forked from."""
+    root.mkdir(parents=True, exist_ok=True)
+    return int(_measure("simulate", root, root, rows=n_events)["events_in"])
 
 
 def _row(name: str, events: int, wall: float, cpu: float, mib: float, note: str = "") -> str:
@@ -133,44 +148,50 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--events", default="1000000",
                    help="raw event counts to simulate, comma-separated (e.g. 1000000,10000000)")
-    p.add_argument("--buckets", default="1,8", help="local bucket counts, comma-separated")
+    p.add_argument("--buckets", default="1,8,auto",
+                   help="local bucket counts, comma-separated ('auto': EtlConfig's choice)")
     p.add_argument("--master", default="local[2]", help="Spark master URL")
     p.add_argument("--partitions", type=int, default=8, help="Spark user partitions")
     p.add_argument("--driver-memory", default="4g", help="spark.driver.memory")
     p.add_argument("--no-spark", action="store_true", help="local engine only")
     p.add_argument("--small", action="store_true", help="quick run: 100k events")
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
-    p.add_argument("--child", choices=["local", "spark"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["local", "spark", "simulate"], help=argparse.SUPPRESS)
+    p.add_argument("--rows", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    p.add_argument("--buckets-one", type=int, default=1, help=argparse.SUPPRESS)
+    p.add_argument("--buckets-one", default="1", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.child:
-        fn = {"local": _child_local, "spark": _child_spark}[args.child]
+        fn = {"local": _child_local, "spark": _child_spark,
+              "simulate": _child_simulate}[args.child]
         args.result.write_text(json.dumps(fn(args), default=str))
         return 0
 
     sizes = [100_000] if args.small else [int(n) for n in args.events.split(",") if n]
-    buckets = [int(b) for b in args.buckets.split(",") if b]
+    buckets = [b for b in args.buckets.split(",") if b]
     with tempfile.TemporaryDirectory(prefix="etl_scale_") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        print(f"machine: {os.cpu_count()} cores (shared with other jobs: figures are noisy)")
+        print(f"machine: {os.cpu_count()} cores (shared with other jobs: figures are noisy); "
+              f"load average {os.getloadavg()[0]:.1f}")
         header = (f"{'run':<28} {'events':>11} {'wall s':>8} {'cpu s':>8} {'peak MiB':>9} "
                   f"{'events/s':>11}")
         for size in sizes:
             t0 = time.perf_counter()
             raw = work / f"raw_{size}"
             n_events = _simulate(size, raw)
-            print(f"\nsimulated {n_events:,} events in {time.perf_counter() - t0:.1f} s")
+            print(f"\nsimulated {n_events:,} events in {time.perf_counter() - t0:.1f} s; "
+                  f"load average {os.getloadavg()[0]:.1f}")
             print(header)
             local = {b: _measure("local", raw, work / f"local_{size}_{b}", buckets_one=b)
                      for b in buckets}
             for b, info in local.items():
-                print(_row(f"local, {b} bucket(s)", n_events, info["wall"], info["cpu"],
-                           info["rss_mib"]))
+                name = f"local, {b} bucket(s)" if b != "auto" else \
+                    f"local, auto ({info['buckets']})"
+                print(_row(name, n_events, info["wall"], info["cpu"], info["rss_mib"]))
             if args.no_spark:
                 continue
             sp = _measure("spark", raw, work / f"spark_{size}", master=args.master,
@@ -184,9 +205,10 @@ def main(argv: list[str] | None = None) -> int:
                        f"{sp['warmup']:.1f} s excluded"))
             steps = ", ".join(f"{k} {v:.1f}" for k, v in sp["steps"].items())
             print(f"  spark steps (s): {steps}")
-            base = local[min(local)]
+            first = next(iter(local))
+            base = local[first]
             same = sp["counts"] == base["counts"]
-            print(f"  spark ETL / local {min(local)} bucket(s) wall: "
+            print(f"  spark ETL / local {first} bucket(s) wall: "
                   f"{sp['etl'] / base['wall']:.1f}x; manifest counts identical: "
                   f"{'yes' if same else 'NO'}")
     return 0

@@ -52,7 +52,7 @@ from simulator.policies import TargetingRule
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
 REWARD_SCALE: list[float | None] = [None]
-CONTINUOUS = ("cql", "bcq")
+CONTINUOUS = ("cql", "bcq", "bc")
 
 
 def _train_config(

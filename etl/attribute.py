@@ -41,14 +41,17 @@ def reward_kind(config: EtlConfig) -> str:
 def attribute(
     decisions: pl.DataFrame, events: pl.DataFrame, orders: pl.DataFrame, config: EtlConfig
 ) -> pl.DataFrame:
-    """Reward parts per decision: ``decision_id, reward, revenue, margin, discount_cost, returns``.
+    """Reward parts per decision: ``decision_id, reward, revenue, margin, discount_cost, returns``,
+    one row per row of ``decisions``, in their order.
 
     ``decisions``: decision_id, ``_user``, ``_session_key``, event_ts; ``events`` and ``orders``:
     cleaned rows of the same users (with ``_user``, ``_session_key`` / session_id, ``_fx``).
     """
+    # as-of joins need each ``by`` group sorted by time: a global sort by time does that (the
+    # groups keep the order), and ties go to the greatest decision_id, as within a group
     dec = decisions.select(
         "decision_id", USER, SESSION, pl.col("event_ts").dt.epoch("us").alias(_DEC)
-    ).sort(USER, SESSION, _DEC, "decision_id")
+    ).sort(_DEC, "decision_id")
     value = pl.col("quantity").cast(pl.Float64) * pl.col("unit_price") * pl.col("_fx")
     disc = pl.col("discount_amount").fill_null(0.0) * pl.col("_fx")
     margin = pl.col("margin").fill_null(0.0) * pl.col("_fx")
@@ -65,13 +68,13 @@ def attribute(
         _money(disc).alias("dis"),
     )
     placed = lines.filter(pl.col("status") == "placed")
-    with_session = placed.filter(pl.col(SESSION).is_not_null()).sort(USER, SESSION, "_ots")
+    with_session = placed.filter(pl.col(SESSION).is_not_null()).sort("_ots")
     a1 = with_session.join_asof(
         dec, left_on="_ots", right_on=_DEC, by=[USER, SESSION], strategy="backward",
         check_sortedness=False,
     )
-    no_session = placed.filter(pl.col(SESSION).is_null()).sort(USER, "_ots")
-    dec_user = dec.drop(SESSION).sort(USER, _DEC, "decision_id")
+    no_session = placed.filter(pl.col(SESSION).is_null()).sort("_ots")
+    dec_user = dec.drop(SESSION)
     a2 = no_session.join_asof(
         dec_user, left_on="_ots", right_on=_DEC, by=USER, strategy="backward",
         tolerance=days_us(config.attribution_window_hours / 24), check_sortedness=False,
@@ -102,7 +105,7 @@ def attribute(
         ev = events.filter(pl.col("event_type").is_in(["click", "add_to_cart", "purchase"]))
         ev = ev.select(
             USER, SESSION, "event_type", pl.col("event_ts").dt.epoch("us").alias("_ets")
-        ).sort(USER, SESSION, "_ets")
+        ).sort("_ets")
         ev = ev.join_asof(dec, left_on="_ets", right_on=_DEC, by=[USER, SESSION],
                           strategy="backward", check_sortedness=False)
         acts = ev.filter(pl.col("decision_id").is_not_null()).group_by("decision_id").agg(
@@ -113,9 +116,9 @@ def attribute(
 
     out = (
         decisions.select("decision_id")
-        .join(placed_sum, on="decision_id", how="left")
-        .join(rev_sum, on="decision_id", how="left")
-        .join(acts, on="decision_id", how="left")
+        .join(placed_sum, on="decision_id", how="left", maintain_order="left")
+        .join(rev_sum, on="decision_id", how="left", maintain_order="left")
+        .join(acts, on="decision_id", how="left", maintain_order="left")
         .with_columns(pl.exclude("decision_id").fill_null(0))
     )
     revenue = pl.col("rev") / MICRO

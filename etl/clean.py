@@ -95,8 +95,25 @@ def identity_links(events: pl.LazyFrame, orders: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def with_user(frame: pl.DataFrame, links: pl.DataFrame) -> pl.DataFrame:
-    """Add ``_user`` (the stitched user) and the link columns of the row's anonymous_id."""
-    out = frame.join(links, on="anonymous_id", how="left", maintain_order="left")
+    """Add ``_user`` (the stitched user) and the link columns of the row's anonymous_id.
+
+    Stitching only applies to rows without a user_id, so only those rows look up the identity
+    map; the link columns are null on rows that carry a user_id (nothing downstream reads them
+    there), and no lookup is made at all when every row carries one.
+    """
+    anon = pl.col("user_id").is_null()
+    n_anon = int(frame.select(anon.sum()).item())
+    if n_anon == 0:
+        return frame.with_columns(
+            pl.lit(None, dtype=links.schema[LINK_USER]).alias(LINK_USER),
+            pl.lit(None, dtype=links.schema[LINK_TS]).alias(LINK_TS),
+            pl.col("user_id").alias(USER),
+        )
+    # join the (masked) key column alone: cheaper than joining the whole frame
+    found = frame.select(pl.when(anon).then(pl.col("anonymous_id")).alias("anonymous_id")).join(
+        links, on="anonymous_id", how="left", maintain_order="left"
+    )
+    out = frame.with_columns(found[LINK_USER], found[LINK_TS])
     return out.with_columns(user_key_expr().alias(USER))
 
 
@@ -151,16 +168,19 @@ def bot_flag(events: pl.DataFrame, config: EtlConfig) -> pl.Series:
 
     Causal: an event is judged only on the events of its session up to and including itself.
     """
+    flag = pl.repeat(False, events.height, dtype=pl.Boolean, eager=True).alias("bot")
     if not config.bots.enabled or events.height == 0:
-        return pl.Series("bot", [False] * events.height, dtype=pl.Boolean)
+        return flag
     rule = config.bots
     idx = pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i")
     frame = events.select(SESSION, "event_ts", "event_id").with_columns(idx)
-    # only sessions longer than a threshold can trip it
+    # only sessions longer than a threshold can trip it: candidates by a 64-bit hash of the
+    # session key (sessions that share a hash only add candidates; the rule below runs on the
+    # keys themselves)
     least = min(rule.max_events_per_minute, rule.max_events_per_session)
-    sizes = frame.group_by(SESSION).agg(pl.len().alias("_n")).filter(pl.col("_n") > least)
-    frame = frame.join(sizes.select(SESSION), on=SESSION, how="semi")
-    flag = pl.Series("bot", [False] * events.height, dtype=pl.Boolean)
+    h = pl.col(SESSION).hash(seed=3)
+    big = frame.group_by(h.alias("_h")).agg(pl.len().alias("_n")).filter(pl.col("_n") > least)
+    frame = frame.filter(h.is_in(big["_h"].implode()) & pl.col(SESSION).is_not_null())
     if frame.height == 0:
         return flag
     frame = frame.sort(SESSION, "event_ts", "event_id")

@@ -6,7 +6,7 @@ names say and turned into integer microseconds inside the ETL (Arrow-friendly, e
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -187,10 +187,25 @@ class EtlConfig(BaseModel):
             "when it has one, else fit on this run's decisions."
         ),
     )
-    n_buckets: int = Field(1, gt=0, description="User-hash buckets the local engine processes.")
+    n_buckets: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="User-hash buckets the local engine processes one after another (peak memory "
+        "follows the bucket size). auto: one bucket per events_per_bucket input rows. The output "
+        "does not depend on it.",
+    )
+    events_per_bucket: int = Field(
+        500_000, gt=0, description="Input rows (events and order lines) per bucket for 'auto'."
+    )
     engine: Literal["local", "spark"] = Field(
         "local",
         description="local: polars over user-hash buckets; spark: the same transform in Spark "
         "workers (extra ecomrl[spark]; see docs/spark.md). Both write the same dataset.",
     )
     spark: SparkConfig = Field(default_factory=SparkConfig)
+
+    def bucket_count(self, input_rows: int) -> int:
+        """The number of user-hash buckets for an input of ``input_rows`` rows (events and order
+        lines): ``n_buckets``, or for ``auto`` one bucket per ``events_per_bucket`` rows."""
+        if self.n_buckets != "auto":
+            return self.n_buckets
+        return max(1, -(-input_rows // self.events_per_bucket))

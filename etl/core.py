@@ -15,23 +15,28 @@ the decision, attribution and reward -> transition rows.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from etl.attribute import attribute
 from etl.clean import (
+    LINK_TS,
+    LINK_USER,
     SESSION,
     USER,
     bot_flag,
     duplicate_rows,
     identity_links,
+    line_key,
     sessionise,
     too_late,
     with_user,
 )
 from etl.config import EtlConfig
-from etl.episodes import episodes
+from etl.episodes import episode_mode, episodes
 from etl.features import FeatureSpec, Scaling, raw_features
 from etl.io import TableMapping, _parse_ts
 from etl.schema import (
@@ -56,6 +61,7 @@ from etl.validate import (
 )
 
 DROP = "_drop"
+DEC_ROW = "_dec_row"
 RAW_OBS = "_raw_obs"
 COUNT_SCHEMA: dict[str, pl.DataType] = {
     "table": pl.String(),
@@ -278,21 +284,57 @@ def _relevant(
 
 
 def global_inputs(
-    events: pl.LazyFrame, orders: pl.LazyFrame, config: EtlConfig, space: ActionSpace,
-    *, data_end_us: int | None = None,
+    events: pl.LazyFrame | Sequence[pl.LazyFrame],
+    orders: pl.LazyFrame | Sequence[pl.LazyFrame],
+    config: EtlConfig,
+    space: ActionSpace,
+    *,
+    data_end_us: int | None = None,
+    link_events: Sequence[pl.LazyFrame] | None = None,
+    link_orders: Sequence[pl.LazyFrame] | None = None,
 ) -> GlobalInputs:
-    """Identity map, duplicate rows and data end, computed once over all valid rows."""
-    ev = events.with_columns(encode_action(space)).filter(event_reason(config, space).is_null())
-    od = orders.filter(order_reason(config).is_null())
-    links = identity_links(ev, od)
-    dups = duplicate_rows(ev, od)
-    links_df, dups_df = pl.collect_all([links, dups], engine="streaming")
+    """Identity map, duplicate rows and data end, computed once over all valid rows.
+
+    ``events`` / ``orders``: the rows, as one lazy frame each or as pieces of it (one per input
+    file, say). Pieces are read one at a time, each projected to the few columns the global
+    steps need, so memory follows the largest piece plus the results: the identity map, 8 bytes
+    per valid row for duplicate detection (64-bit id hashes; only the rows of repeated hashes are
+    read again, and compared exactly) and the duplicate rows. ``link_events`` /
+    ``link_orders``: build the identity map from these rows instead (a nightly run stitches ids
+    over every partition but transforms a window).
+    """
+    ev_parts = [events] if isinstance(events, pl.LazyFrame) else list(events)
+    od_parts = [orders] if isinstance(orders, pl.LazyFrame) else list(orders)
+    valid_ev = [_valid(p, "events", config, space) for p in ev_parts]
+    valid_od = [_valid(p, "orders", config, space) for p in od_parts]
+    own_links = link_events is None and link_orders is None
+    links = _Links()
+    hashes: dict[str, list[np.ndarray]] = {"events": [], "orders": []}
+    end: dt.datetime | None = None
+    for table, parts in (("events", valid_ev), ("orders", valid_od)):
+        ts_col = "event_ts" if table == "events" else "order_ts"
+        for lf in parts:
+            queries = [
+                lf.select(_id_hash(table)),
+                lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
+            ]
+            if own_links:
+                queries.append(_link_partial(lf, ts_col))
+            got = pl.collect_all(queries)
+            hashes[table].append(got[0]["_h"].to_numpy())
+            piece_end = got[1]["m"][0]
+            if piece_end is not None and (end is None or piece_end > end):
+                end = piece_end
+            if own_links:
+                links.add(got[2])
+    if not own_links:
+        for table, link_parts in (("events", link_events or []), ("orders", link_orders or [])):
+            ts_col = "event_ts" if table == "events" else "order_ts"
+            for lf in link_parts:
+                links.add(_link_partial(_valid(lf, table, config, space), ts_col).collect())
+    links_df = links.result()
+    dups_df = _duplicates(valid_ev, valid_od, hashes)
     if data_end_us is None:
-        ends = pl.concat([
-            ev.select(pl.max_horizontal("event_ts", "ingest_ts").max().alias("m")),
-            od.select(pl.max_horizontal("order_ts", "ingest_ts").max().alias("m")),
-        ]).select(pl.col("m").max()).collect(engine="streaming")
-        end = ends["m"][0]
         if end is None:
             data_end_us = 0
         else:  # the end of the last day with data (as for files: midnight after the last date)
@@ -303,10 +345,97 @@ def global_inputs(
     return GlobalInputs(space, links_df, dups_df, data_end_us)
 
 
-def _counts(frame: pl.DataFrame, table: str, outcome: str, reason: pl.Expr) -> pl.DataFrame:
-    return frame.group_by(pl.col(PART_DATE).alias("date"), reason.alias("reason")).agg(
-        pl.len().cast(pl.Int64).alias("n")
-    ).select(pl.lit(table).alias("table"), "date", pl.lit(outcome).alias("outcome"), "reason", "n")
+def _valid(lf: pl.LazyFrame, table: str, config: EtlConfig, space: ActionSpace) -> pl.LazyFrame:
+    if table == "events":
+        return lf.with_columns(encode_action(space)).filter(event_reason(config, space).is_null())
+    return lf.filter(order_reason(config).is_null())
+
+
+def _id_hash(table: str) -> pl.Expr:
+    """64-bit hash of the duplicate key: event_id, or (order_id, line key) for order lines."""
+    if table == "events":
+        return pl.col("event_id").hash(seed=7).alias("_h")
+    key = pl.concat_str([pl.col("order_id"), line_key()], separator="\x00")
+    return key.hash(seed=7).alias("_h")
+
+
+_NO_ORDERS = {"anonymous_id": pl.String(), "user_id": pl.String(), "order_ts": TS}
+
+
+def _link_partial(lf: pl.LazyFrame, ts_col: str) -> pl.LazyFrame:
+    """:func:`identity_links` of one piece (its "first by time" combines across pieces)."""
+    pairs = lf.select("anonymous_id", "user_id", pl.col(ts_col).alias("event_ts"))
+    return identity_links(pairs, pl.LazyFrame(schema=_NO_ORDERS))
+
+
+class _Links:
+    """The identity map, combined from partials (per anonymous id: the earliest link, then the
+    least user id: :func:`identity_links` of the partials' links), merged in batches."""
+
+    def __init__(self) -> None:
+        self.parts: list[pl.DataFrame] = []
+        self.pending = 0
+
+    def add(self, partial: pl.DataFrame) -> None:
+        self.parts.append(partial)
+        self.pending += partial.height
+        if len(self.parts) > 1 and self.pending > 4 * self.parts[0].height + 1_000_000:
+            self.parts = [self.result()]
+            self.pending = 0
+
+    def result(self) -> pl.DataFrame:
+        if len(self.parts) == 1:
+            return self.parts[0]
+        pairs = (
+            pl.concat(self.parts).lazy().select(
+                "anonymous_id", pl.col(LINK_USER).alias("user_id"),
+                pl.col(LINK_TS).alias("event_ts"),
+            )
+            if self.parts
+            else pl.LazyFrame(schema={"anonymous_id": pl.String(), "user_id": pl.String(),
+                                      "event_ts": TS})
+        )
+        return identity_links(pairs, pl.LazyFrame(schema=_NO_ORDERS)).collect()
+
+
+def _duplicates(
+    events: list[pl.LazyFrame], orders: list[pl.LazyFrame], hashes: dict[str, list[np.ndarray]]
+) -> pl.DataFrame:
+    """:func:`duplicate_rows` over all pieces: only rows whose key hash repeats are read again
+    (all copies of a key then meet, so the answer is the global one)."""
+    columns = {
+        "events": ["event_id", "ingest_ts", "event_ts", SOURCE_FILE, ROW_NR],
+        "orders": ["order_id", "line_no", "item_id", "ingest_ts", "order_ts", SOURCE_FILE,
+                   ROW_NR],
+    }
+    found: dict[str, pl.LazyFrame] = {}
+    for table, parts in (("events", events), ("orders", orders)):
+        values = np.concatenate(hashes[table]) if hashes[table] else np.zeros(0, np.uint64)
+        values.sort()
+        repeated = np.unique(values[1:][values[1:] == values[:-1]])
+        keep = pl.Series("_r", repeated, dtype=pl.UInt64).implode()
+        rows = [lf.filter(_id_hash(table).is_in(keep)).select(columns[table]) for lf in parts]
+        if repeated.size:
+            found[table] = pl.concat(pl.collect_all(rows)).lazy()
+        else:
+            found[table] = pl.concat([r.head(0) for r in rows]).collect().lazy()
+    return duplicate_rows(found["events"], found["orders"]).collect()
+
+
+def _counts(
+    frame: pl.DataFrame, table: str, outcome: str, reason: pl.Expr | str
+) -> pl.DataFrame:
+    """Rows per partition date and reason (``reason``: a column, or one reason for all rows)."""
+    if isinstance(reason, str):  # one reason: group by the date alone
+        grouped = frame.group_by(pl.col(PART_DATE).alias("date")).agg(
+            pl.len().cast(pl.Int64).alias("n")
+        ).with_columns(pl.lit(reason).alias("reason"))
+    else:
+        grouped = frame.group_by(pl.col(PART_DATE).alias("date"), reason.alias("reason")).agg(
+            pl.len().cast(pl.Int64).alias("n")
+        )
+    return grouped.select(pl.lit(table).alias("table"), "date", pl.lit(outcome).alias("outcome"),
+                          "reason", "n")
 
 
 def _in_dates(col: str, dates: tuple[dt.date, dt.date] | None) -> pl.Expr:
@@ -347,8 +476,8 @@ def transform_partition(
         _counts(bad_od, "orders", "quarantined", pl.col(REASON)),
         _counts(ev.filter(pl.col(DROP).is_not_null()), "events", "dropped", pl.col(DROP)),
         _counts(od.filter(pl.col(DROP).is_not_null()), "orders", "dropped", pl.col(DROP)),
-        _counts(ev.filter(pl.col(DROP).is_null()), "events", "used", pl.lit("")),
-        _counts(od.filter(pl.col(DROP).is_null()), "orders", "used", pl.lit("")),
+        _counts(ev.filter(pl.col(DROP).is_null()), "events", "used", ""),
+        _counts(od.filter(pl.col(DROP).is_null()), "orders", "used", ""),
     ]).filter(_in_dates("date", g.count_dates))
     bot_sessions = ev.filter(pl.col(DROP) == "bot").select(SESSION).unique()
     ev = ev.filter(pl.col(DROP).is_null())
@@ -356,21 +485,40 @@ def transform_partition(
 
     # decisions of a session that turned bot stay in the feature history (the online hook cannot
     # know the future) but make no transitions
-    all_decisions = prepare_decisions(ev)
-    decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti", maintain_order="left")
-    excluded = all_decisions.join(bot_sessions, on=SESSION, how="semi")
+    all_decisions = prepare_decisions(ev.select(
+        "decision_id", "event_type", "event_ts", "user_id", "anonymous_id", "session_id", USER,
+        SESSION, LINK_USER, LINK_TS, "propensity", ACTION_IDX, ACTION_VAL, *ctx,
+    ))
+    if bot_sessions.height:
+        decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti",
+                                       maintain_order="left")
+        excluded = all_decisions.join(bot_sessions, on=SESSION, how="semi")
+    else:
+        decisions, excluded = all_decisions, all_decisions.clear()
     excluded_counts = excluded.group_by(pl.col("event_ts").dt.date().alias("date")).agg(
         pl.len().cast(pl.Int64).alias("n")
     ).select(pl.lit("decisions").alias("table"), "date", pl.lit("excluded").alias("outcome"),
              pl.lit("bot_session").alias("reason"), "n").filter(_in_dates("date", g.output_dates))
     counts = pl.concat([counts, excluded_counts])
-    session_last = ev.group_by(SESSION).agg(
-        pl.col("event_ts").dt.epoch("us").max().alias("_last")
-    )
-    eps = episodes(decisions, config, g.data_end_us, session_last)
-    out_dec = decisions
+    session_last = None  # only session episodes end with their session's last event
+    if episode_mode(config) == "recommendation":
+        session_last = ev.group_by(SESSION).agg(
+            pl.col("event_ts").dt.epoch("us").max().alias("_last")
+        )
+    # episodes come episode by episode, in step order, with each decision's row number: the
+    # other per-decision parts are gathered into that order (no joins on decision_id), which
+    # leaves the final sort little to do
+    eps = episodes(decisions.with_row_index(DEC_ROW), config, g.data_end_us, session_last,
+                   keep=[DEC_ROW])
+    all_eps, out_dec = eps, decisions
     if g.output_dates is not None:
-        out_dec = decisions.filter(pl.col("event_ts").dt.date().is_between(*g.output_dates))
+        emit = decisions.select(
+            pl.col("event_ts").dt.date().is_between(*g.output_dates)
+        ).to_series()
+        out_dec = decisions.filter(emit)
+        at = emit.cast(pl.Int64).cum_sum() - 1  # the row within out_dec
+        eps = eps.filter(emit.gather(eps[DEC_ROW]))
+        eps = eps.with_columns(at.gather(eps[DEC_ROW]).cast(pl.UInt32).alias(DEC_ROW))
     raw = raw_features(ev, od, out_dec, g.links, spec)
     rewards = attribute(out_dec, ev, od, config)
     n_feat = len(spec.names)
@@ -382,32 +530,39 @@ def transform_partition(
         action = pl.col(ACTION_VAL).cast(pl.Float32).reshape((-1, 1)).alias("action")
     else:
         action = pl.col(ACTION_IDX).cast(pl.Int32).alias("action")
-    trans = (
-        out_dec.with_columns(obs)
-        .join(eps, on="decision_id", how="left", maintain_order="left")
-        .join(rewards, on="decision_id", how="left", maintain_order="left")
-        .select(
-            "episode_id",
-            "step",
-            "decision_id",
-            pl.col(USER).alias("user_id"),
-            pl.col(SESSION).alias("session_id"),
-            pl.col("event_ts").alias("decision_ts"),
-            obs.name,
-            action,
-            "reward",
-            "terminal",
-            "timeout",
-            pl.col("propensity").alias("behaviour_propensity"),
-            pl.when(pl.col("propensity").is_not_null()).then(pl.lit("logged"))
-            .otherwise(pl.lit("missing")).alias("propensity_source"),
-            "revenue",
-            "margin",
-            "discount_cost",
-            "returns",
+    parts = out_dec.select(
+        "decision_id", USER, SESSION, "event_ts", "propensity",
+        ACTION_VAL if space.continuous else ACTION_IDX,
+    ).with_columns(obs)
+    if parts["decision_id"].n_unique() < parts.height:  # joins pair up repeated decision_ids
+        joined = parts.join(all_eps.drop(DEC_ROW), on="decision_id", how="left",
+                            maintain_order="left").join(rewards, on="decision_id", how="left",
+                                                        maintain_order="left")
+    else:
+        parts = parts.drop("decision_id").hstack(rewards.drop("decision_id"))
+        joined = pl.concat(
+            [eps.drop(DEC_ROW), parts.select(pl.all().gather(eps[DEC_ROW]))], how="horizontal"
         )
-        .sort("episode_id", "step")
-    )
+    trans = joined.select(
+        "episode_id",
+        "step",
+        "decision_id",
+        pl.col(USER).alias("user_id"),
+        pl.col(SESSION).alias("session_id"),
+        pl.col("event_ts").alias("decision_ts"),
+        obs.name,
+        action,
+        "reward",
+        "terminal",
+        "timeout",
+        pl.col("propensity").alias("behaviour_propensity"),
+        pl.when(pl.col("propensity").is_not_null()).then(pl.lit("logged"))
+        .otherwise(pl.lit("missing")).alias("propensity_source"),
+        "revenue",
+        "margin",
+        "discount_cost",
+        "returns",
+    ).sort("episode_id", "step")
     return PartitionOutput(trans, quarantine.sort("source_table", "source_file", "row_number"),
                            counts)
 

@@ -19,6 +19,8 @@ lookback, in any order) gives the same ids.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
 from etl.clean import SESSION, US_PER_MINUTE, USER, days_us
@@ -39,15 +41,19 @@ def episodes(
     config: EtlConfig,
     data_end_us: int,
     session_last_us: pl.DataFrame | None = None,
+    *,
+    keep: Sequence[str] = (),
 ) -> pl.DataFrame:
     """Episode id, step, terminal and timeout per decision (``EPISODE_COLUMNS``).
 
     ``decisions``: decision_id, ``_user``, ``_session_key``, event_ts. ``session_last_us``:
     (``_session_key``, ``_last``) the last event time of each session (recommendation only).
+    ``keep``: further columns of ``decisions`` carried into the result unchanged. Rows come
+    episode by episode, each in step order.
     """
     mode = episode_mode(config)
     dec = decisions.select(
-        "decision_id", USER, SESSION, pl.col("event_ts").dt.epoch("us").alias("_ts")
+        "decision_id", USER, SESSION, pl.col("event_ts").dt.epoch("us").alias("_ts"), *keep
     ).sort(USER, "_ts", "decision_id")
     if mode == "one_step":
         return dec.select(
@@ -56,16 +62,21 @@ def episodes(
             pl.lit(0, dtype=pl.Int32).alias("step"),
             pl.lit(True).alias("terminal"),
             pl.lit(False).alias("timeout"),
+            *keep,
         )
     if mode == "recommendation":
-        return _sessions(dec, config, data_end_us, session_last_us)
-    return _promotion(dec, config, data_end_us)
+        return _sessions(dec, config, data_end_us, session_last_us, keep)
+    return _promotion(dec, config, data_end_us, keep)
 
 
-def _promotion(dec: pl.DataFrame, config: EtlConfig, data_end_us: int) -> pl.DataFrame:
+def _promotion(
+    dec: pl.DataFrame, config: EtlConfig, data_end_us: int, keep: Sequence[str]
+) -> pl.DataFrame:
     churn = days_us(config.churn_days)
     horizon = days_us(config.horizon_days)
-    # rows are sorted by user: consecutive rows of one user, integer run ids (fast windows)
+    # rows are sorted by user and time: consecutive rows of one user, integer run ids; runs stay
+    # contiguous (and in order) through the loop, so every window below is a forward fill over
+    # run starts instead of a grouping
     same_user = (pl.col(USER) == pl.col(USER).shift(1)).fill_null(False)
     gap = pl.col("_ts") - pl.col("_ts").shift(1)
     new_run = ~same_user | (gap > churn)
@@ -73,24 +84,31 @@ def _promotion(dec: pl.DataFrame, config: EtlConfig, data_end_us: int) -> pl.Dat
     dec = dec.with_columns(
         pl.when(nxt_same).then(pl.col("_ts").shift(-1)).alias("_next"),
         new_run.cast(pl.UInt32).cum_sum().alias("_run"),
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_i"),
     )
-    done: list[pl.DataFrame] = [
-        dec.clear().with_columns(pl.lit(0, pl.Int64).alias("_start"), pl.lit(0, pl.Int32)
-                                 .alias("step"))
-    ]
-    rest = dec
+    done: list[pl.DataFrame] = []
+    rest = dec.select("_i", "_run", "_ts")
     while rest.height:
         # the first remaining decision of each run starts an episode
-        start = pl.col("_ts").first().over("_run")
-        rank = pl.int_range(pl.len(), dtype=pl.Int32).over("_run")
-        rest = rest.with_columns(start.alias("_start"), rank.alias("step"))
+        idx = pl.int_range(pl.len(), dtype=pl.Int64)
+        first = pl.when(pl.col("_run") != pl.col("_run").shift(1).fill_null(-1)).then(idx)
+        rest = rest.with_columns(first.forward_fill().alias("_first"))
+        rest = rest.with_columns(
+            pl.col("_ts").gather(pl.col("_first")).alias("_start"),
+            (idx - pl.col("_first")).cast(pl.Int32).alias("step"),
+        )
         inside = (pl.col("_ts") < pl.col("_start") + horizon) & (
             pl.col("step") < config.horizon_steps
         )
-        done.append(rest.filter(inside))
-        rest = rest.filter(~inside).drop("_start", "step")
-    out = pl.concat(done).sort(USER, "_ts", "decision_id")
-    last = pl.col("step") == pl.col("step").max().over(USER, "_start")
+        done.append(rest.filter(inside).select("_i", "_start", "step"))
+        rest = rest.filter(~inside).select("_i", "_run", "_ts")
+    steps = pl.concat([
+        pl.DataFrame(schema={"_i": pl.UInt32, "_start": pl.Int64, "step": pl.Int32}), *done
+    ]).sort("_i")
+    out = dec.with_columns(steps["_start"], steps["step"])
+    # an episode's rows are contiguous: its last step is followed by another episode (or none)
+    last = ((pl.col("_run") != pl.col("_run").shift(-1))
+            | (pl.col("_start") != pl.col("_start").shift(-1))).fill_null(True)
     churned = pl.when(pl.col("_next").is_not_null()).then(
         pl.col("_next") - pl.col("_ts") > churn
     ).otherwise(pl.col("_ts") + churn <= data_end_us)
@@ -102,11 +120,13 @@ def _promotion(dec: pl.DataFrame, config: EtlConfig, data_end_us: int) -> pl.Dat
         pl.col("step").cast(pl.Int32),
         (last & churned).alias("terminal"),
         (last & ~churned).alias("timeout"),
+        *keep,
     )
 
 
 def _sessions(
-    dec: pl.DataFrame, config: EtlConfig, data_end_us: int, session_last_us: pl.DataFrame | None
+    dec: pl.DataFrame, config: EtlConfig, data_end_us: int, session_last_us: pl.DataFrame | None,
+    keep: Sequence[str],
 ) -> pl.DataFrame:
     gap = round(config.session_gap_minutes * US_PER_MINUTE)
     if session_last_us is None:
@@ -124,4 +144,5 @@ def _sessions(
         pl.col("step"),
         (last & ~open_at_end).alias("terminal"),
         (last & open_at_end).alias("timeout"),
+        *keep,
     )

@@ -201,6 +201,36 @@ def _history_keys(rows: pl.DataFrame, ts_col: str) -> pl.DataFrame:
     return pl.concat([primary, linked])
 
 
+def _with_kid(rows: pl.DataFrame, keys: pl.DataFrame) -> pl.DataFrame:
+    """The rows whose identity ``_fkey`` is among ``keys``, with its code ``_kid``; joining the
+    key column alone and attaching the codes is cheaper than joining the whole frame."""
+    kid = rows.select(KEY).join(keys, on=KEY, how="left", maintain_order="left")[KID]
+    rows = rows.with_columns(kid)
+    return rows.filter(pl.col(KID).is_not_null()) if kid.null_count() else rows
+
+
+def _session_starts(rows: pl.DataFrame, keys: np.ndarray) -> np.ndarray:
+    """The packed key of the first row of each (identity, session) pair.
+
+    ``rows``: (``_kid``, ``_sh``: the session's hash) per history row; ``keys``: their packed
+    (identity, time) keys. Grouped by session alone first (one 64-bit key, cheaper): for a
+    session seen under one identity only, its smallest key is the pair's; only sessions seen
+    under several identities are grouped by both.
+    """
+    frame = rows.with_columns(pl.Series("_o", keys))
+    spans = frame.group_by("_sh").agg(pl.col("_o").min().alias("lo"),
+                                      pl.col(KID).min().alias("k0"),
+                                      pl.col(KID).max().alias("k1"))
+    single = spans.filter(pl.col("k0") == pl.col("k1"))
+    if single.height == spans.height:
+        return _np(single, "lo", np.uint64)
+    shared = spans.filter(pl.col("k0") != pl.col("k1")).select("_sh")
+    several = frame.join(shared, on="_sh", how="semi").group_by(KID, "_sh").agg(
+        pl.col("_o").min().alias("lo")
+    )
+    return np.concatenate([_np(single, "lo", np.uint64), _np(several, "lo", np.uint64)])
+
+
 def _decision_key() -> pl.Expr:
     linked_before = pl.col(LINK_USER).is_not_null() & (pl.col(LINK_TS).dt.epoch("us") < pl.col(T))
     return pl.coalesce(
@@ -211,34 +241,105 @@ def _decision_key() -> pl.Expr:
     ).alias(KEY)
 
 
-def _sorted(both: pl.DataFrame) -> pl.DataFrame:
-    """``both`` sorted by (``_kid``, ``_avail``, ``_h``, ``_tie``).
+@dataclass(frozen=True)
+class _Packed:
+    """(identity, time) pairs packed into unsigned 64-bit keys whose order is the pairs' order.
 
-    When they fit, the first three keys are packed into one unsigned 64-bit key (identity in the
-    high bits, time since the earliest row, query-or-row in the lowest bit): the same order,
-    from a sort on two columns instead of four (a constant ``_tie`` is not sorted on at all).
+    Bits from the top: the identity code, the time (an offset from the earliest history row, or
+    when that does not fit, the rank among the history's distinct times), then ``flag_bits`` low
+    bits the caller may use. A query key is (identity, query time) with zero flags, so the
+    history rows strictly before the query time are exactly the keys below it.
     """
-    if both.height == 0:
-        return both.sort(KID, AVAIL, "_h", TIE)
-    kmax, lo, hi, nulls, tie_lo, tie_hi = both.select(
-        pl.col(KID).max().alias("a"),
-        pl.col(AVAIL).min().alias("b"),
-        pl.col(AVAIL).max().alias("c"),
-        (pl.col(KID).null_count() + pl.col(AVAIL).null_count() + pl.col("_h").null_count())
-        .alias("d"),
-        pl.col(TIE).min().alias("e"),
-        pl.col(TIE).max().alias("f"),
-    ).row(0)
-    shift = (hi - lo).bit_length() + 1
-    if nulls or kmax is None or int(kmax).bit_length() + shift > 64:
-        return both.sort(KID, AVAIL, "_h", TIE)
-    packed = (
-        pl.col(KID).cast(pl.UInt64) * pl.lit(1 << shift, dtype=pl.UInt64)
-        + (pl.col(AVAIL) - lo).cast(pl.UInt64) * pl.lit(2, dtype=pl.UInt64)
-        + pl.col("_h").cast(pl.UInt64)
-    ).alias("_p")
-    keys = ["_p"] if tie_lo == tie_hi and both[TIE].null_count() == 0 else ["_p", TIE]
-    return both.with_columns(packed).sort(keys).drop("_p")
+
+    hist: np.ndarray  # uint64 key of each history row (flags zero)
+    queries: list[np.ndarray]  # uint64 key of each query, per query time
+    starts: np.ndarray  # uint64 key of each query's identity at the earliest time
+    flag_bits: int
+    time_mask: int
+    lo: int
+    ranked: np.ndarray | None  # the history's sorted distinct times when keys hold ranks
+
+    def time_of(self, keys: np.ndarray) -> np.ndarray:
+        """The (int64) time of history keys."""
+        off = (keys >> np.uint64(self.flag_bits)) & np.uint64(self.time_mask)
+        if self.ranked is not None:
+            return np.asarray(self.ranked[off.astype(np.int64)], dtype=np.int64)
+        return off.astype(np.int64) + self.lo
+
+
+def _pack(
+    kid_h: np.ndarray, t_h: np.ndarray, kid_q: np.ndarray, t_qs: list[np.ndarray],
+    flag_bits: int = 0,
+) -> _Packed:
+    """Pack history rows (identity codes ``kid_h``, times ``t_h``) and queries (``kid_q``, one
+    time array per query time) into :class:`_Packed` keys."""
+    lo = int(t_h.min()) if len(t_h) else 0
+    hi = int(t_h.max()) if len(t_h) else 0
+    kmax = max(int(kid_h.max()) if len(kid_h) else 0, int(kid_q.max()) if len(kid_q) else 0)
+    time_bits = (hi - lo + 1).bit_length()  # query offsets are clamped to [0, hi - lo + 1]
+    ranked: np.ndarray | None = None
+    if kmax.bit_length() + time_bits + flag_bits <= 64:
+        off_h = (t_h - lo).astype(np.uint64)
+        off_q = [(np.clip(t, lo, hi + 1) - lo).astype(np.uint64) for t in t_qs]
+    else:  # the order of times is all that matters: ranks need fewer bits
+        ranked = np.unique(t_h)
+        off_h = np.searchsorted(ranked, t_h).astype(np.uint64)
+        # a query's rank: the number of distinct history times before it
+        off_q = [np.searchsorted(ranked, t, side="left").astype(np.uint64) for t in t_qs]
+        time_bits, lo = len(ranked).bit_length(), 0
+        if kmax.bit_length() + time_bits + flag_bits > 64:
+            raise ValueError("too many identities and times to pack into 64-bit keys")
+    shift = np.uint64(time_bits + flag_bits)
+    fb = np.uint64(flag_bits)
+    kq = kid_q.astype(np.uint64) << shift
+    return _Packed(
+        hist=(kid_h.astype(np.uint64) << shift) | (off_h << fb),
+        queries=[kq | (o << fb) for o in off_q],
+        starts=kq,
+        flag_bits=flag_bits,
+        time_mask=(1 << time_bits) - 1,
+        lo=lo,
+        ranked=ranked,
+    )
+
+
+def _search(keys: np.ndarray, packed: _Packed) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Positions in the sorted ``keys`` of each query's identity start and of each query time:
+    the history rows of the identity strictly before the time are ``keys[start:pos]``.
+
+    Binary searches are several times faster for needles in sorted order: unless the queries
+    come sorted already (decisions in order of identity and time), the needles are searched in
+    the order of the first query time and the positions put back in query order.
+    """
+    first = packed.queries[0]
+    if len(first) < 2 or bool(np.all(first[1:] >= first[:-1])):
+        return (np.searchsorted(keys, packed.starts, side="left"),
+                [np.searchsorted(keys, q, side="left") for q in packed.queries])
+    order = np.argsort(first)
+
+    def search(needles: np.ndarray) -> np.ndarray:
+        pos = np.empty(len(needles), dtype=np.int64)
+        pos[order] = np.searchsorted(keys, needles[order], side="left")
+        return pos
+
+    return search(packed.starts), [search(q) for q in packed.queries]
+
+
+def _running(values: np.ndarray) -> np.ndarray:
+    """Running totals with a leading 0: ``out[i]`` is the sum of the first ``i`` values."""
+    out = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+def _masked(name: str, values: np.ndarray | pl.Series, valid: np.ndarray) -> pl.Series:
+    """``values`` where ``valid``, else null."""
+    frame = pl.DataFrame({"v": values, "ok": valid})
+    return frame.select(pl.when("ok").then("v").alias(name)).to_series()
+
+
+def _np(frame: pl.DataFrame, col: str, dtype: type[np.generic]) -> np.ndarray:
+    return frame[col].to_numpy().astype(dtype, copy=False)
 
 
 def _scan_at(
@@ -247,104 +348,75 @@ def _scan_at(
     at: dict[str, str],
     *,
     sums: list[str],
-    lasts: dict[str, tuple[str | pl.Expr | None, str]],
+    lasts: dict[str, tuple[str | None, str]],
     first_in_group: str | None = None,
     first_col: str | None = None,
     first_when: str | None = None,
-) -> pl.DataFrame:
-    """Values of ``history`` as of several times per decision, in one sort and one scan.
+) -> dict[str, pl.Series]:
+    """Values of ``history`` as of several times per decision, from one sort of the history.
 
-    ``history``: rows of (``_kid``, ``_avail``, ``_tie``, increments...). For each decision row
-    and each ``suffix -> time column`` of ``at``, returns per identity the sum of each column of
-    ``sums`` over the rows available strictly before that time (``<sum><suffix>``), and, for each
-    ``name -> (condition, column)`` of ``lasts``, the column's value on the last such row where
-    the condition (a column name, an expression, or ``None``: every row) holds
-    (``<name><suffix>``). Sum columns may be boolean or any integer type (summed as Int64).
-    ``first_col`` counts the rows that are the first of their ``first_in_group`` value within
-    the identity (e.g. sessions started). Decision rows are queries merged into the sorted
-    history (queries sort before rows of the same time, which makes "before" strict); no as-of
-    join and no per-group hashing is needed. Result rows follow
-    ``dec["_row"]``.
+    ``history``: rows of (``_kid``, ``_avail``, ``_tie``, increments...); ``dec``: the decisions
+    (``_kid`` and the time columns), fastest in order of identity and time. For each
+    ``suffix -> time column`` of ``at``, returns per decision the sum of each column of ``sums``
+    (booleans or integers, summed as Int64) over the rows of its identity available strictly
+    before that time (``<sum><suffix>``).
+    At the first time of ``at`` only, for each ``name -> (condition, column)`` of ``lasts``:
+    the column's value on the last such row where the condition (a boolean column, or ``None``:
+    every row) holds, null if none (``name``). ``first_col`` counts the rows that are the first
+    of their ``first_in_group`` value within the identity (orders placed: the first row of each
+    order_id), only where ``first_when`` holds.
+
+    The history is sorted once by (identity, time, ``_tie``) on a packed 64-bit key; each query
+    time is a binary search into it; sums are differences of running totals, and a "last row
+    where" is a forward-filled row index read at the row before. Values follow the rows of
+    ``dec``.
     """
-    n_q = len(at)
-    # condition and value columns are taken from ``history`` by name, each once; an expression
-    # condition gets a column of its own and a ``None`` condition holds on every history row
-    cond_cols: dict[str, pl.Expr] = {}
-    cond_of: dict[str, str | None] = {}
-    for i, (name, (cond, _)) in enumerate(lasts.items()):
-        if isinstance(cond, pl.Expr):
-            cond_cols[f"_c{i}"] = cond.alias(f"_c{i}")
-            cond_of[name] = f"_c{i}"
-        else:
-            cond_of[name] = cond
     extra: list[pl.Expr] = []
     if first_in_group is not None and first_col is not None:
         extra.append(pl.col(first_in_group).hash(seed=1).alias("_g"))
         if first_when is not None:
             extra.append(pl.col(first_when).alias("_gw"))
     taken = [KID, AVAIL, TIE, *[c for c in sums if c != first_col]]
-    for name, (_, col) in lasts.items():
-        for c in (cond_of[name], col):
-            if c is not None and c not in taken and c not in cond_cols:
+    for cond, col in lasts.values():
+        for c in (cond, col):
+            if c is not None and c not in taken:
                 taken.append(c)
-    hist = history.select(
-        KID, AVAIL, TIE, pl.lit(1, dtype=pl.UInt8).alias("_h"),
-        pl.lit(None, dtype=pl.UInt32).alias("_q"),
-        *taken[3:],
-        *extra,
-        *cond_cols.values(),
-    )
-    queries = pl.concat(
-        [
-            dec.select(
-                KID,
-                pl.col(col).alias(AVAIL),
-                pl.lit(0, dtype=pl.UInt64).alias(TIE),
-                pl.lit(0, dtype=pl.UInt8).alias("_h"),
-                (pl.col("_row") * n_q + q).cast(pl.UInt32).alias("_q"),
-            )
-            for q, col in enumerate(at.values())
-        ]
-    )
-    both = _sorted(pl.concat([hist, queries], how="diagonal"))
-    both = both.with_columns(
-        pl.int_range(pl.len(), dtype=pl.Int64).alias("_idx"),
-        (pl.col(KID) != pl.col(KID).shift(1)).fill_null(True).alias("_start"),
-    ).with_columns(pl.when("_start").then(pl.col("_idx")).forward_fill().alias("_gs"))
+    hist = history.select(*taken, *extra)
+    q = dec.select(KID, *at.values())
+    packed = _pack(_np(hist, KID, np.int64), _np(hist, AVAIL, np.int64), _np(q, KID, np.int64),
+                   [_np(q, c, np.int64) for c in at.values()])
+    hist = hist.with_columns(pl.Series("_p", packed.hist))
+    constant_tie = hist[TIE].null_count() == 0 and hist[TIE].min() == hist[TIE].max()
+    hist = hist.sort(["_p"] if constant_tie else ["_p", TIE])
     if extra:
-        is_first = pl.col("_g").is_first_distinct().over(KID) & (pl.col("_h") == 1)
+        is_first = pl.col("_g").is_first_distinct().over(KID)
         if first_when is not None:
             is_first = is_first & pl.col("_gw").fill_null(False)
-        both = both.with_columns(is_first.cast(pl.Int64).alias(str(first_col)))
-    idx, start, group_start = pl.col("_idx"), pl.col("_start"), pl.col("_gs")
-    is_row = pl.col("_h") == 1
-    at_cond: dict[str | None, str] = {}
-    for cond in dict.fromkeys(cond_of.values()):
-        at_cond[cond] = f"_at{len(at_cond)}"
-    if at_cond:
-        both = both.with_columns(
-            pl.when(is_row if cond is None else is_row & pl.col(cond).fill_null(False))
-            .then(idx).forward_fill().alias(alias)
-            for cond, alias in at_cond.items()
-        )
-    exprs: list[pl.Expr] = []
+        hist = hist.with_columns(is_first.alias(str(first_col)))
+
+    start, at_pos = _search(hist["_p"].to_numpy(), packed)
+    out: dict[str, pl.Series] = {}
     for c in sums:
-        x = pl.col(c).cast(pl.Int64).fill_null(0)
-        cs = x.cum_sum()
-        base = pl.when(start).then(cs - x).forward_fill()
-        exprs.append((cs - base).alias(c))
-    for name, (_, col) in lasts.items():
-        at_idx = pl.col(at_cond[cond_of[name]])
-        valid = at_idx.is_not_null() & (at_idx >= group_start)
-        value = pl.col(col).gather(at_idx.fill_null(0))
-        exprs.append(pl.when(valid).then(value).alias(name))
-    answered = both.with_columns(exprs).filter(pl.col("_h") == 0).sort("_q")
-    names = [*sums, *lasts]
-    parts = []
-    for q, suffix in enumerate(at):
-        part = answered.gather_every(n_q, offset=q).select(names)
-        parts.append(part.rename({c: f"{c}{suffix}" for c in names}))
-    return pl.concat(parts, how="horizontal")
+        total = _running(hist[c].cast(pl.Int64).fill_null(0).to_numpy())
+        for suffix, pos in zip(at, at_pos, strict=True):
+            out[f"{c}{suffix}"] = pl.Series(f"{c}{suffix}", total[pos] - total[start])
+    if lasts:
+        pos = at_pos[0]
+        has_row = pos > start
+        before = np.where(has_row, pos - 1, 0)
+        rows = np.arange(hist.height, dtype=np.int64)
+        for cond in dict.fromkeys(cond for cond, _ in lasts.values()):
+            if cond is None:
+                last = rows
+            else:  # the index of the last row at or before each row where ``cond`` holds
+                holds = hist[cond].fill_null(False).to_numpy()
+                last = np.maximum.accumulate(np.where(holds, rows, -1))
+            k = last[before] if hist.height else before
+            found = _masked("k", k, has_row & (k >= start))
+            for name, (c, col) in lasts.items():
+                if c == cond:
+                    out[name] = hist[col].gather(found).alias(name)
+    return out
 
 
 def raw_features(
@@ -375,47 +447,78 @@ def raw_features(
         links,
     ).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
     dec = dec.with_columns(_decision_key(), (pl.col(T) - win).alias("_t0"),
-                           (pl.col(T) - US_PER_DAY).alias("_t1"))
+                           (pl.col(T) - US_PER_DAY).alias("_t1"),
+                           pl.col(SESSION).hash(seed=14).alias("_sh"))
 
-    # --- integer codes for identities and sessions (fast sorts, windows and as-of joins)
+    # --- integer codes for identities and sessions (small packed sort keys)
     keys = dec.select(KEY).unique().with_row_index(KID)
-    dec = dec.join(keys, on=KEY, how="left")
-    sess_keys = dec.select(pl.col(SESSION).hash(seed=14)).unique().with_row_index(SID)
-    dec = dec.join(sess_keys, left_on=pl.col(SESSION).hash(seed=14), right_on=SESSION,
-                   how="left")
+    sess_keys = dec.select("_sh").unique().with_row_index(SID)
+    codes = dec.select(KEY, "_sh").join(keys, on=KEY, how="left", maintain_order="left").join(
+        sess_keys, on="_sh", how="left", maintain_order="left"
+    )
+    # decisions in order of identity and time: the binary searches below find sorted needles
+    dec = dec.select("_row", T, "_t0", "_t1", *spec.context).with_columns(
+        codes[KID], codes[SID]
+    ).sort(KID, T)
+    out: dict[str, pl.Series] = {}
 
-    # --- event history: integer increments per identity, in order of availability
-    ev = _select_linked(events, EVENT_NEED, links)
-    ev = _history_keys(ev, "event_ts").join(keys, on=KEY, how="inner")
+    # --- event history: each event under the identities it counts for. Counts of events, views
+    # and carts, and the time of the last event, come from one sort of packed keys (identity,
+    # time, and the view and cart flags in the two lowest bits); sessions started from one key
+    # per (identity, session) at the session's first row.
     etype = pl.col("event_type")
-    decision = etype == "decision"
-    offer = decision & ((pl.col(ACTION_VAL) > 0) if space.continuous else (pl.col(ACTION_IDX) != 0))
-    ev = ev.select(
+    ev = _select_linked(events, EVENT_NEED, links).with_columns(
+        pl.col(SESSION).hash(seed=14).alias("_sh")
+    )
+    hist = _with_kid(_history_keys(ev, "event_ts"), keys).select(
+        KID, AVAIL, "_sh", "event_id", ACTION_IDX, ACTION_VAL,
+        (etype.is_in(["page_view", "view_item"]).cast(pl.UInt8) * 2
+         + (etype == "add_to_cart").cast(pl.UInt8)).alias("_f"),
+        (etype == "decision").alias("c_dec"),
+    )
+    times = {"": T, "_0": "_t0", "_1": "_t1"}
+    q_kid = _np(dec, KID, np.int64)
+    packed = _pack(_np(hist, KID, np.int64), _np(hist, AVAIL, np.int64), q_kid,
+                   [_np(dec, c, np.int64) for c in times.values()], flag_bits=2)
+    flags = _np(hist, "_f", np.uint64)
+    ev_keys = np.sort(packed.hist | flags)
+    start, at_pos = _search(ev_keys, packed)
+    views = _running(((ev_keys >> np.uint64(1)) & np.uint64(1)).astype(np.int64))
+    carts = _running((ev_keys & np.uint64(1)).astype(np.int64))
+    for suffix, pos in zip(times, at_pos, strict=True):
+        out[f"c_ev{suffix}"] = pl.Series(pos - start)
+        out[f"c_view{suffix}"] = pl.Series(views[pos] - views[start])
+        out[f"c_cart{suffix}"] = pl.Series(carts[pos] - carts[start])
+    has_ev = at_pos[0] > start
+    last_key = ev_keys[np.where(has_ev, at_pos[0] - 1, 0)] if len(ev_keys) else at_pos[0]
+    out["last_ev"] = _masked("last_ev", packed.time_of(last_key.astype(np.uint64)), has_ev)
+    sess_keys_sorted = np.sort(_session_starts(hist.select(KID, "_sh"), packed.hist))
+    s_start, s_pos = _search(sess_keys_sorted, packed)
+    for suffix, pos in zip(times, s_pos, strict=True):
+        out[f"c_sess{suffix}"] = pl.Series(pos - s_start)
+
+    # --- decision history: offers, decisions, rates and the last action
+    offer = (pl.col(ACTION_VAL) > 0) if space.continuous else (pl.col(ACTION_IDX) != 0)
+    dh = hist.filter("c_dec").select(
         KID,
         AVAIL,
         pl.col("event_id").hash(seed=0).alias(TIE),
-        pl.lit(1, dtype=pl.UInt8).alias("c_ev"),
-        etype.is_in(["page_view", "view_item"]).alias("c_view"),
-        (etype == "add_to_cart").alias("c_cart"),
-        pl.col(SESSION),
+        "c_dec",
         offer.fill_null(False).alias("c_offer"),
-        decision.alias("c_dec"),
-        pl.when(decision).then(_money(pl.col(ACTION_VAL).fill_null(0.0))).otherwise(0)
-        .alias("c_rate"),
-        pl.col(ACTION_IDX),
-        pl.col(ACTION_VAL),
+        _money(pl.col(ACTION_VAL).fill_null(0.0)).alias("c_rate"),
+        ACTION_IDX,
+        ACTION_VAL,
     )
-    ev_at = _scan_at(
-        ev, dec, {"": T, "_0": "_t0", "_1": "_t1"},
-        sums=["c_ev", "c_view", "c_cart", "c_sess", "c_offer", "c_dec", "c_rate"],
-        lasts={"last_ev": (None, AVAIL), "last_offer": ("c_offer", AVAIL),
-               "last_dec": ("c_dec", AVAIL), "last_idx": ("c_dec", ACTION_IDX),
-               "last_val": ("c_dec", ACTION_VAL)},
-        first_in_group=SESSION, first_col="c_sess",
-    )
+    last_action = ("last_val", ACTION_VAL) if space.continuous else ("last_idx", ACTION_IDX)
+    out.update(_scan_at(
+        dh, dec, {"": T, "_0": "_t0"},
+        sums=["c_offer", "c_dec", *(["c_rate"] if space.continuous else [])],
+        lasts={"last_offer": ("c_offer", AVAIL), "last_dec": ("c_dec", AVAIL),
+               last_action[0]: ("c_dec", last_action[1])},
+    ))
     # --- order history
     od = _select_linked(orders, ORDER_NEED, links)
-    od = _history_keys(od, "order_ts").join(keys, on=KEY, how="inner")
+    od = _with_kid(_history_keys(od, "order_ts"), keys)
     placed = pl.col("status") == "placed"
     value = pl.col("quantity").cast(pl.Float64) * pl.col("unit_price") * pl.col("_fx")
     disc = pl.col("discount_amount").fill_null(0.0) * pl.col("_fx")
@@ -430,22 +533,21 @@ def raw_features(
         pl.when(placed).then(_money(value)).otherwise(0).alias("c_gross"),
         pl.when(placed).then(_money(disc)).otherwise(0).alias("c_disc"),
     )
-    od_at = _scan_at(
+    out.update(_scan_at(
         od, dec, {"": T, "_0": "_t0"},
         sums=["c_orders", "c_money", "c_gross", "c_disc"],
         lasts={"last_order": ("_placed", AVAIL)},
         first_in_group="order_id", first_col="c_orders", first_when="_placed",
+    ))
+    # --- session history: earlier events of the decision's own session, of any identity
+    se = ev.select("_sh", pl.col("event_ts").dt.epoch("us").alias(AVAIL)).join(
+        sess_keys, on="_sh", how="inner"
     )
-    # --- session history (rows of the decision's own session, any identity)
-    se = (
-        events.select(pl.col(SESSION).hash(seed=14), "event_ts").join(sess_keys, on=SESSION,
-                                                                       how="inner")
-        .select(pl.col(SID).alias(KID), pl.col("event_ts").dt.epoch("us").alias(AVAIL),
-                pl.lit(0, dtype=pl.UInt64).alias(TIE), pl.lit(1, dtype=pl.Int64).alias("c_se"))
-    )
-    se_at = _scan_at(se, dec.with_columns(pl.col(SID).alias(KID)), {"": T}, sums=["c_se"],
-                     lasts={})
-    out = pl.concat([dec.sort("_row"), ev_at, od_at, se_at], how="horizontal")
+    s_packed = _pack(_np(se, SID, np.int64), _np(se, AVAIL, np.int64), _np(dec, SID, np.int64),
+                     [_np(dec, T, np.int64)])
+    se_start, (se_pos,) = _search(np.sort(s_packed.hist), s_packed)
+    out["c_se"] = pl.Series(se_pos - se_start)
+    frame = dec.with_columns(pl.Series(name, s) for name, s in out.items())
 
     def window(col: str) -> pl.Expr:
         return (pl.col(col).fill_null(0) - pl.col(f"{col}_0").fill_null(0)).cast(pl.Float64)
@@ -493,8 +595,10 @@ def raw_features(
     ]
     for ctx, values in spec.context.items():
         cols += [(pl.col(ctx) == v).fill_null(False).cast(pl.Float64) for v in values]
-    matrix = out.select([c.cast(pl.Float64).alias(f"f{i}") for i, c in enumerate(cols)])
-    return matrix.to_numpy().astype(np.float64, copy=False)
+    matrix = frame.select([c.cast(pl.Float64).alias(f"f{i}") for i, c in enumerate(cols)])
+    result = np.empty((n, len(cols)), dtype=np.float64)
+    result[_np(frame, "_row", np.int64)] = matrix.to_numpy()  # back in the decisions' order
+    return result
 
 
 class ObservationBuilder:

@@ -317,13 +317,30 @@ def read_tables(
     files: list[InputFile], config: EtlConfig, *, continuous: bool
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """All events and all orders as two lazy frames (canonical schema plus source columns)."""
+    events, orders = scan_pieces(files, config, continuous=continuous)
+    return _concat(events, "events", continuous, config), _concat(orders, "orders", continuous,
+                                                                   config)
+
+
+def scan_pieces(
+    files: list[InputFile], config: EtlConfig, *, continuous: bool
+) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
+    """One lazy frame per events file and per orders file (as :func:`scan_table`), in order.
+
+    For passes that read one file at a time, so that memory follows the largest file rather than
+    the input (polars' multi-file streaming scans read many files at once).
+    """
     mapping = resolve_mapping(config)
     events = [scan_table(f, config, continuous=continuous, mapping=mapping)
               for f in files if f.table == "events"]
     orders = [scan_table(f, config, continuous=continuous, mapping=mapping)
               for f in files if f.table == "orders"]
-    return _concat(events, "events", continuous, config), _concat(orders, "orders", continuous,
-                                                                   config)
+    return events, orders
+
+
+def empty_table(table: Table, config: EtlConfig, *, continuous: bool) -> pl.LazyFrame:
+    """A table without rows, in the schema :func:`scan_table` yields."""
+    return _concat([], table, continuous, config)
 
 
 def _concat(frames: list[pl.LazyFrame], table: Table, continuous: bool,

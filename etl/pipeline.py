@@ -1,29 +1,43 @@
 """The ETL's entry points: in memory (:func:`build_transitions`) and on files (:func:`run_etl`).
 
-The local engine hashes stitched users into ``n_buckets`` buckets and runs
-:func:`etl.core.transform_partition` on each in turn, then concatenates and sorts the results, so
-the output does not depend on the number of buckets and peak memory follows the bucket size.
+Both run :func:`etl.core.transform_partition` once per user-hash bucket (``EtlConfig.n_buckets``,
+``auto``: one bucket per ``events_per_bucket`` input rows); the output never depends on the
+number of buckets. On files, with several buckets, peak memory follows the bucket size rather
+than the input:
+
+1. the global steps (identity map, duplicate keys, data end) and the row counts read the input
+   one file at a time, projected to the columns they need (:func:`etl.core.global_inputs`);
+2. one more pass, file by file, spills each bucket's rows to a temporary Parquet folder;
+3. each bucket is loaded and transformed in turn, and its outputs are spilled too: transitions
+   and quarantine rows per output date, the raw features per range of episode ids, the counts
+   (small) kept in memory;
+4. the feature scaling is fitted from the raw features read range by range of episode ids in
+   (episode_id, step) order, summed in numpy's own order, so it is bit for bit the scaling of
+   the whole matrix;
+5. each output date is read from its spilled rows, sorted, scaled and written; the folder is
+   swapped into place atomically.
+
+Peak memory is then about one bucket's transform, or one date's output, whichever is larger.
+With one bucket the input is read once into memory (fastest when it fits).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import structlog
 from tqdm import tqdm
 
-from etl.attribute import reward_kind
 from etl.clean import LINK_TS, LINK_USER, user_key_expr
 from etl.config import EtlConfig
 from etl.core import (
@@ -36,17 +50,31 @@ from etl.core import (
     normalize_frame,
     transform_partition,
 )
-from etl.episodes import episode_mode
-from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
-from etl.io import InputFile, action_is_continuous, discover, read_tables, sha256
-from etl.schema import PART_DATE, SCHEMA_VERSION
+from etl.io import action_is_continuous, discover, empty_table, scan_pieces, sha256
+from etl.output import (
+    EPOCH,
+    MANIFEST,
+    build_manifest,
+    check_quarantine,
+    data_end_us,
+    load_scaling,
+    swap_dir,
+    tally,
+    totals,
+    write_day,
+    write_json,
+    write_parquet,
+)
+from etl.schema import PART_DATE, transition_schema
 from etl.validate import ActionSpace
 
 log = structlog.get_logger(__name__)
-MANIFEST = "_manifest.json"
 _BUCKET = "_bucket"
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_DATE = "_date"
+_TRANS_SORT = ("episode_id", "step")
+_QUAR_SORT = ("source_table", "source_file", "row_number")
+_BATCH = 131_072  # input rows read at a time when spilling the buckets
 
 
 @dataclass
@@ -56,6 +84,12 @@ class EtlResult:
     transitions: pl.DataFrame
     quarantine: pl.DataFrame
     manifest: dict[str, Any]
+    written: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_transitions(self) -> int:
+        """Transitions this run wrote (also with ``run_etl(..., collect=False)``)."""
+        return self.written.get("transitions", self.transitions.height)
 
     @property
     def counts(self) -> dict[str, Any]:
@@ -84,69 +118,54 @@ class EtlResult:
         )
 
 
-# ----------------------------------------------------------------------------- local engine
+# ----------------------------------------------------------------------------- in memory
 def run_local(
     events: pl.LazyFrame, orders: pl.LazyFrame, g: GlobalInputs, config: EtlConfig,
-    *, spill: bool = False,
+    *, n_buckets: int | None = None,
 ) -> PartitionOutput:
-    """Run the core transform per user-hash bucket and concatenate the sorted results.
-
-    With ``spill`` (inputs scanned from files), one streaming pass first writes each bucket's
-    rows to a temporary Parquet folder, so that the input is read once and only one bucket is
-    ever in memory; otherwise each bucket is filtered from the (in-memory) frames.
-    """
-    n = config.n_buckets
-    links = g.links.lazy()
-
-    def bucketed(lf: pl.LazyFrame) -> pl.LazyFrame:
-        key = user_key_expr().fill_null("")
-        return (
-            lf.join(links, on="anonymous_id", how="left")  # row order is not meaningful
-            .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
-            .drop(LINK_USER, LINK_TS)
-        )
-
+    """Run the core transform per user-hash bucket over in-memory rows and concatenate the
+    sorted results (``n_buckets``: default ``config.bucket_count`` of the rows)."""
+    if n_buckets is None:
+        rows = pl.collect_all([events.select(pl.len()), orders.select(pl.len())])
+        n_buckets = config.bucket_count(sum(int(r.item()) for r in rows))
+    n = n_buckets
     if n == 1:
         ev, od = pl.collect_all([events, orders])
         out = transform_partition(ev, od, g, config)
         return PartitionOutput(
-            out.transitions, out.quarantine.sort("source_table", "source_file", "row_number"),
-            out.counts,
+            out.transitions, out.quarantine.sort(*_QUAR_SORT), out.counts,
         )
+    ev_b, od_b = _bucketed(events, g.links, n), _bucketed(orders, g.links, n)
     outs: list[PartitionOutput] = []
-    with tempfile.TemporaryDirectory(prefix="ecomrl-etl-buckets-") as tmp:
-        schemas = {"events": events.collect_schema(), "orders": orders.collect_schema()}
-        if spill:
-            for table, lf in (("events", events), ("orders", orders)):
-                bucketed(lf).sink_parquet(
-                    pl.PartitionBy(Path(tmp) / table, key=_BUCKET, include_key=False),
-                    mkdir=True, maintain_order=False, compression="lz4",
-                )
-        else:
-            ev_b, od_b = bucketed(events), bucketed(orders)
-
-        def load(table: str, b: int) -> pl.DataFrame:
-            if not spill:
-                lf = ev_b if table == "events" else od_b
-                return lf.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
-            folder = Path(tmp) / table / f"{_BUCKET}={b}"
-            if not folder.is_dir():
-                return pl.DataFrame(schema=schemas[table])
-            frame = pl.read_parquet(folder / "*.parquet", hive_partitioning=False)
-            return frame.cast(dict(schemas[table]))  # type: ignore[arg-type]
-
-        for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
-            ev, od = load("events", b), load("orders", b)
-            outs.append(transform_partition(ev, od, g, config))
-            log.debug("bucket done", bucket=b, events=ev.height,
-                      decisions=outs[-1].transitions.height)
+    for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
+        ev = ev_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
+        od = od_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
+        outs.append(transform_partition(ev, od, g, config))
     return PartitionOutput(
-        pl.concat([o.transitions for o in outs]).sort("episode_id", "step"),
-        pl.concat([empty_quarantine(), *[o.quarantine for o in outs]]).sort(
-            "source_table", "source_file", "row_number"
-        ),
+        pl.concat([o.transitions for o in outs]).sort(*_TRANS_SORT),
+        pl.concat([empty_quarantine(), *[o.quarantine for o in outs]]).sort(*_QUAR_SORT),
         pl.concat([empty_counts(), *[o.counts for o in outs]]),
     )
+
+
+def _bucketed(lf: pl.LazyFrame, links: pl.DataFrame, n: int) -> pl.LazyFrame:
+    """Rows with their user-hash bucket (``_bucket``); row order is not meaningful."""
+    key = user_key_expr().fill_null("")
+    return (
+        lf.join(links.lazy(), on="anonymous_id", how="left")
+        .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
+        .drop(LINK_USER, LINK_TS)
+    )
+
+
+def _scale(trans: pl.DataFrame, n_features: int, scaling: Scaling) -> pl.DataFrame:
+    """Replace the raw features ``_raw_obs`` by the scaled float32 ``observation``."""
+    if RAW_OBS not in trans.columns:
+        return trans
+    raw = trans[RAW_OBS].to_numpy().reshape(trans.height, n_features).astype(np.float64)
+    obs = pl.Series("observation", scaling.apply(raw), dtype=pl.Array(pl.Float32, n_features))
+    idx = trans.columns.index(RAW_OBS)
+    return trans.drop(RAW_OBS).insert_column(idx, obs)
 
 
 def _finish(
@@ -157,134 +176,28 @@ def _finish(
     if RAW_OBS not in trans.columns:
         assert scaling is not None
         return trans, scaling
-    raw = trans[RAW_OBS].to_numpy().reshape(trans.height, len(spec.names)).astype(np.float64)
     if scaling is None:
-        scaling = Scaling.fit(spec.names, raw)
-    obs = pl.Series("observation", scaling.apply(raw), dtype=pl.Array(pl.Float32, len(spec.names)))
-    idx = trans.columns.index(RAW_OBS)
-    return trans.drop(RAW_OBS).insert_column(idx, obs), scaling
+        raw = trans[RAW_OBS].to_numpy().reshape(trans.height, len(spec.names))
+        scaling = Scaling.fit(spec.names, raw.astype(np.float64))
+    return _scale(trans, len(spec.names), scaling), scaling
 
 
-# ----------------------------------------------------------------------------- accounting
-def _tally(counts: pl.DataFrame, rows_in: pl.DataFrame) -> dict[str, dict[str, Any]]:
-    """Per-date accounting ``{date: {table: {rows_in, used, quarantined, dropped}}}``; checks it
-    reconciles exactly."""
-    by_date: dict[str, dict[str, Any]] = {}
-    for row in rows_in.iter_rows(named=True):
-        entry = by_date.setdefault(row["date"].isoformat(), {})
-        entry[row["table"]] = {"rows_in": row["n"], "used": 0, "quarantined": {}, "dropped": {}}
-    agg = counts.group_by("table", "date", "outcome", "reason").agg(pl.col("n").sum()).sort(
-        "table", "date", "outcome", "reason"
-    )
-    for row in agg.iter_rows(named=True):
-        day = row["date"].isoformat()
-        if row["table"] == "decisions":  # decisions that make no transition (not input rows)
-            ex = by_date.setdefault(day, {}).setdefault("decisions", {"excluded": {}})
-            ex["excluded"][row["reason"]] = row["n"]
-            continue
-        entry = by_date.setdefault(day, {}).setdefault(
-            row["table"], {"rows_in": 0, "used": 0, "quarantined": {}, "dropped": {}}
-        )
-        if row["outcome"] == "used":
-            entry["used"] += row["n"]
-        else:
-            entry[row["outcome"]][row["reason"]] = row["n"]
-    for day, tables in by_date.items():
-        for table, c in tables.items():
-            if table == "decisions":
-                continue
-            total = c["used"] + sum(c["quarantined"].values()) + sum(c["dropped"].values())
-            if total != c["rows_in"]:
-                raise RuntimeError(
-                    f"row accounting does not reconcile for {table} on {day}: "
-                    f"{c['rows_in']} in, {total} accounted for"
-                )
-    return dict(sorted(by_date.items()))
-
-
-def _totals(by_date: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    totals: dict[str, Any] = {}
-    for tables in by_date.values():
-        for table, c in tables.items():
-            if table == "decisions":
-                ex = totals.setdefault("decisions", {"excluded": {}})["excluded"]
-                for reason, n in c["excluded"].items():
-                    ex[reason] = ex.get(reason, 0) + n
-                continue
-            t = totals.setdefault(
-                table, {"rows_in": 0, "used": 0, "quarantined": {}, "dropped": {}}
+def _rows_in(frames: Sequence[tuple[str, Sequence[pl.LazyFrame]]]) -> pl.DataFrame:
+    """Input rows per table and partition date, read one piece (file) at a time."""
+    parts = [pl.DataFrame(schema={"table": pl.String, "date": pl.Date, "n": pl.Int64})]
+    for table, pieces in frames:
+        for lf in pieces:
+            parts.append(
+                lf.group_by(pl.col(PART_DATE).alias("date"))
+                .agg(pl.len().cast(pl.Int64).alias("n"))
+                .select(pl.lit(table).alias("table"), "date", "n")
+                .collect()
             )
-            t["rows_in"] += c["rows_in"]
-            t["used"] += c["used"]
-            for kind in ("quarantined", "dropped"):
-                for reason, n in c[kind].items():
-                    t[kind][reason] = t[kind].get(reason, 0) + n
-    for name, t in totals.items():
-        if name == "decisions":
-            continue
-        t["quarantined"] = dict(sorted(t["quarantined"].items()))
-        t["dropped"] = dict(sorted(t["dropped"].items()))
-    return dict(sorted(totals.items()))
+    return (
+        pl.concat(parts).group_by("table", "date").agg(pl.col("n").sum()).sort("table", "date")
+    )
 
 
-def _check_quarantine(totals: dict[str, Any], config: EtlConfig) -> None:
-    tables = [t for name, t in totals.items() if name != "decisions"]
-    rows = sum(t["rows_in"] for t in tables)
-    bad = sum(sum(t["quarantined"].values()) for t in tables)
-    if rows and bad / rows > config.max_quarantine_share:
-        reasons: dict[str, int] = {}
-        for t in tables:
-            for r, n in t["quarantined"].items():
-                reasons[r] = reasons.get(r, 0) + n
-        top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3])
-        raise EtlError(
-            f"{bad} of {rows} rows ({bad / rows:.1%}) failed validation, above "
-            f"max_quarantine_share={config.max_quarantine_share:.1%} ({top}); nothing written"
-        )
-
-
-def _rows_in(frames: Iterable[tuple[str, pl.LazyFrame]]) -> pl.DataFrame:
-    parts = [
-        lf.group_by(pl.col(PART_DATE).alias("date")).agg(pl.len().cast(pl.Int64).alias("n"))
-        .select(pl.lit(table).alias("table"), "date", "n")
-        for table, lf in frames
-    ]
-    return pl.concat(pl.collect_all(parts)).sort("table", "date")
-
-
-def _manifest(
-    config: EtlConfig,
-    space: ActionSpace,
-    spec: FeatureSpec,
-    scaling: Scaling,
-    by_date: dict[str, dict[str, Any]],
-    inputs: list[dict[str, str]],
-    dates: list[str],
-) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "scenario": config.scenario,
-        "episode_mode": episode_mode(config),
-        "gamma": config.gamma,
-        "feature_names": spec.names,
-        "scaling": scaling.to_manifest(),
-        "action_space": space.to_manifest(),
-        "reward": {
-            "kind": reward_kind(config),
-            "weights": config.reward_weights.model_dump(),
-            "settlement_days": config.settlement_days,
-        },
-        "inputs": inputs,
-        "counts": _totals(by_date),
-        "counts_by_date": by_date,
-        "date_range": [dates[0], dates[-1]] if dates else None,
-        # how it ran (engine, Spark settings) is not what it means: both engines write the
-        # same manifest
-        "config": config.model_dump(mode="json", exclude={"engine", "spark"}),
-    }
-
-
-# ----------------------------------------------------------------------------- in memory
 def build_transitions(
     events: pl.DataFrame,
     orders: pl.DataFrame,
@@ -309,15 +222,16 @@ def build_transitions(
     spec = FeatureSpec.from_config(config, space)
     ev = normalize_frame(events, "events", config, space)
     od = normalize_frame(orders, "orders", config, space)
-    end_us = None if data_end is None else (data_end - _EPOCH) // dt.timedelta(microseconds=1)
+    end_us = None if data_end is None else (data_end - EPOCH) // dt.timedelta(microseconds=1)
     g = global_inputs(ev.lazy(), od.lazy(), config, space, data_end_us=end_us)
     g.scaling = scaling
-    out = run_local(ev.lazy(), od.lazy(), g, config)
-    by_date = _tally(out.counts, _rows_in([("events", ev.lazy()), ("orders", od.lazy())]))
-    _check_quarantine(_totals(by_date), config)
+    out = run_local(ev.lazy(), od.lazy(), g, config,
+                    n_buckets=config.bucket_count(ev.height + od.height))
+    by_date = tally(out.counts, _rows_in([("events", [ev.lazy()]), ("orders", [od.lazy()])]))
+    check_quarantine(totals(by_date), config)
     trans, fitted = _finish(out, spec, scaling)
     dates = _decision_dates(trans)
-    manifest = _manifest(config, space, spec, fitted, by_date, [], dates)
+    manifest = build_manifest(config, space, spec, fitted, by_date, [], dates)
     return EtlResult(trans, out.quarantine, manifest)
 
 
@@ -340,32 +254,178 @@ def lookahead_days(config: EtlConfig) -> int:
     return int(np.ceil(ahead + config.max_lateness_days)) + 1
 
 
-def _data_end_us(files: list[InputFile]) -> int | None:
-    dates = [f.part_date for f in files]
-    if not dates or any(d is None for d in dates):
-        return None
-    last = max(d for d in dates if d is not None)
-    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    return (end - _EPOCH) // dt.timedelta(microseconds=1)
+def _spill_write(frame: pl.DataFrame, path: Path) -> None:
+    """A temporary file (uncompressed Arrow IPC: cheaper to write and read back than Parquet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_ipc(path, compression="uncompressed")
 
 
-def _load_scaling(config: EtlConfig, out_root: Path, spec: FeatureSpec,
-                  prefer_existing: bool) -> Scaling | None:
-    path: Path | None = None
-    if config.scaling_from is not None:
-        path = Path(config.scaling_from)
-        if path.is_dir():
-            path = path / MANIFEST
+def _spill_read(files: Sequence[Path]) -> pl.DataFrame:
+    """Temporary files as one frame, in one chunk (the transform is faster on those)."""
+    return pl.scan_ipc(list(files)).collect().rechunk()
+
+
+class _Spill:
+    """A run's rows and outputs in a temporary folder, bucket by bucket.
+
+    ``in/<table>/<bucket>.arrow``: the input rows of each bucket;
+    ``transitions/date=D/<bucket>.arrow`` and ``quarantine/date=D/<bucket>.arrow``: each
+    bucket's outputs per output date; ``fit/<range>/<bucket>.arrow``: its raw features by range
+    of episode ids, for the scaling. Counts are small and stay in memory. All temporary files
+    are uncompressed Arrow IPC.
+    """
+
+    def __init__(self, root: Path, *, fit: bool, n_ranges: int = 1) -> None:
+        self.root = root
+        self.fit = fit
+        self.n_ranges = n_ranges
+        self.bounds: pl.Series | None = None
+        self.counts: list[pl.DataFrame] = [empty_counts()]
+
+    # --- inputs
+    def put_inputs(self, table: str, pieces: Sequence[pl.LazyFrame], links: pl.DataFrame,
+                   n: int) -> None:
+        """Split the rows into their buckets: ``in/<table>/<bucket>.arrow``, one Arrow IPC file
+        per bucket appended batch by batch (a piece is read in batches of ``_BATCH`` rows, so
+        memory follows neither the input nor its largest file)."""
+        key = user_key_expr().fill_null("")
+        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
+        schema: pa.Schema | None = None
+        try:
+            for lf in pieces:
+                for frame in lf.collect_batches(chunk_size=_BATCH):
+                    if frame.height == 0:
+                        continue
+                    bucket = (  # the identity-map join on the id columns only, in row order
+                        frame.select("anonymous_id", "user_id", "session_id")
+                        .join(links, on="anonymous_id", how="left", maintain_order="left")
+                        .select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
+                    )
+                    parts = frame.with_columns(bucket[_BUCKET]).partition_by(
+                        _BUCKET, as_dict=True, include_key=False
+                    )
+                    del frame
+                    for (b,), part in parts.items():
+                        assert isinstance(b, int)
+                        batch = part.to_arrow()
+                        schema = batch.schema if schema is None else schema
+                        writer = writers.get(b)
+                        if writer is None:
+                            path = self.root / "in" / table / f"{b:05d}.arrow"
+                            path.parent.mkdir(parents=True, exist_ok=True)
+                            writer = writers[b] = pa.ipc.new_file(str(path), schema)
+                        writer.write_table(batch.cast(schema))
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+    def inputs(self, table: str, b: int, schema: pl.Schema) -> pl.DataFrame:
+        """Bucket ``b``'s rows of ``table``."""
+        path = self.root / "in" / table / f"{b:05d}.arrow"
         if not path.is_file():
-            raise EtlError(f"scaling_from: manifest not found: {path}")
-    elif prefer_existing and (out_root / MANIFEST).is_file():
-        path = out_root / MANIFEST
-    if path is None:
-        return None
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    if manifest.get("feature_names") != spec.names:
-        raise EtlError(f"{path}: its features differ from this config's; cannot reuse its scaling")
-    return Scaling.from_manifest(spec.names, manifest["scaling"])
+            return pl.DataFrame(schema=schema)
+        return _spill_read([path]).cast(dict(schema))  # type: ignore[arg-type]
+
+    def drop_inputs(self, b: int) -> None:
+        """Free the disk of a bucket that is done."""
+        for table in ("events", "orders"):
+            (self.root / "in" / table / f"{b:05d}.arrow").unlink(missing_ok=True)
+
+    # --- outputs
+    def put_outputs(self, b: int, out: PartitionOutput) -> None:
+        """Spill a bucket's transitions and quarantine rows per date; keep its counts."""
+        self.counts.append(out.counts)
+        self._dated(out.transitions, "transitions", pl.col("decision_ts").dt.date(), b)
+        self._dated(out.quarantine, "quarantine", pl.col("partition_date"), b)
+        trans = out.transitions
+        if self.fit and RAW_OBS in trans.columns and trans.height:
+            if self.bounds is None:  # users are hashed: any bucket's episode ids are a sample
+                ids = trans["episode_id"].sort()
+                self.bounds = ids.gather(
+                    [ids.len() * i // self.n_ranges for i in range(1, self.n_ranges)]
+                ).unique(maintain_order=True)
+            ranged = trans.select(*_TRANS_SORT, RAW_OBS).with_columns(
+                self.bounds.search_sorted(trans["episode_id"], side="right").alias("_range")
+            )
+            for (r,), part in ranged.group_by("_range"):
+                _spill_write(part.drop("_range"),
+                             self.root / "fit" / f"{r:05d}" / f"{b:05d}.arrow")
+
+    def _dated(self, frame: pl.DataFrame, kind: str, date: pl.Expr, b: int) -> None:
+        if frame.height == 0:
+            return
+        for (day,), part in frame.with_columns(date.alias(_DATE)).group_by(_DATE):
+            assert isinstance(day, dt.date)
+            _spill_write(part.drop(_DATE),
+                         self.root / kind / f"date={day.isoformat()}" / f"{b:05d}.arrow")
+
+    def dates(self, kind: str) -> list[str]:
+        """The output dates of ``kind`` (transitions or quarantine) that have rows."""
+        folder = self.root / kind
+        if not folder.is_dir():
+            return []
+        return sorted(p.name.removeprefix("date=") for p in folder.glob("date=*"))
+
+    def read(self, kind: str, days: Sequence[str]) -> pl.DataFrame | None:
+        """The spilled rows of ``kind`` on ``days`` (None when there are none)."""
+        files = [f for d in days
+                 for f in sorted((self.root / kind / f"date={d}").glob("*.arrow"))]
+        return _spill_read(files) if files else None
+
+    def fit_scaling(self, names: list[str]) -> Scaling:
+        """:meth:`Scaling.fit` of every raw feature row in (episode_id, step) order, streamed.
+
+        The raw features were spilled by ranges of episode ids (bounds from the first bucket,
+        about one bucket's rows per range); range after range is sorted and summed row after
+        row, which is how numpy reduces a C-ordered matrix along its first axis (with two or
+        more features), so the mean and standard deviation equal ``Scaling.fit`` of the whole
+        matrix to the bit.
+        """
+        k = len(names)
+        ranges = sorted(p for p in (self.root / "fit").glob("*") if p.is_dir()) \
+            if (self.root / "fit").is_dir() else []
+        if not ranges:
+            return Scaling.fit(names, np.zeros((0, k)))
+
+        def in_order() -> Iterator[np.ndarray]:
+            for folder in ranges:
+                frame = _spill_read(sorted(folder.glob("*.arrow"))).sort(*_TRANS_SORT)
+                yield frame[RAW_OBS].to_numpy().reshape(frame.height, k).astype(np.float64)
+
+        if k < 2:  # numpy sums a single column pairwise: fit on the (small) column itself
+            return Scaling.fit(names, np.concatenate(list(in_order())))
+        # pass 1: the rows are summed and kept, in order, in a flat float64 file
+        ordered = self.root / "fit" / "ordered.f64"
+        total: np.ndarray | None = None
+        n = 0
+        with ordered.open("wb") as handle:
+            for raw in in_order():
+                raw.tofile(handle)
+                total = _row_sum(total, raw)
+                n += raw.shape[0]
+        assert total is not None
+        mean = total / n
+        # pass 2: the squared deviations, read back in order
+        squares: np.ndarray | None = None
+        chunk = 65_536
+        for start in range(0, n, chunk):
+            rows = min(chunk, n - start)
+            raw = np.fromfile(ordered, dtype=np.float64, count=rows * k,
+                              offset=start * k * 8).reshape(rows, k)
+            dev = raw - mean
+            squares = _row_sum(squares, dev * dev)
+        ordered.unlink()
+        assert squares is not None
+        std = np.sqrt(squares / n)
+        std = np.where(std > 1e-12, std, 1.0)
+        return Scaling(tuple(names), mean, std)
+
+
+def _row_sum(acc: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
+    """``acc`` plus the rows, added one after another (numpy's order along a C-ordered first
+    axis: chunked sums equal the sum of the whole matrix to the bit)."""
+    block = rows if acc is None else np.concatenate([acc[None, :], rows])
+    return np.add.reduce(block, axis=0)
 
 
 def run_etl(
@@ -373,6 +433,8 @@ def run_etl(
     out_root: Path | str,
     config: EtlConfig | None = None,
     date: dt.date | str | None = None,
+    *,
+    collect: bool = True,
 ) -> EtlResult:
     """Read raw logs under ``input_root`` and write the transition dataset under ``out_root``.
 
@@ -381,7 +443,9 @@ def run_etl(
     partitions it needs around D (``lookback_days`` before, ``lookahead_days`` after, decision
     events of all earlier partitions for episode boundaries, identity links of all partitions),
     replacing ``transitions/date=D`` and ``quarantine/date=D`` atomically and updating the
-    manifest. Returned frames hold this run's rows only.
+    manifest. Returned frames hold this run's rows only; ``collect=False`` returns empty frames
+    (the manifest only), so that a large backfill never holds its output in memory. Temporary
+    files go under the system temporary folder (``TMPDIR``) and are removed, also on errors.
     """
     config = config or EtlConfig()
     input_root, out_root = Path(input_root), Path(out_root)
@@ -390,12 +454,19 @@ def run_etl(
     continuous = action_is_continuous(files, config)
     space = ActionSpace.from_config(config, continuous)
     spec = FeatureSpec.from_config(config, space)
-    data_end = _data_end_us(files)
+    n_feat = len(spec.names)
+    end_us = data_end_us(files)
 
+    def pieces(chosen: list[Any]) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
+        ev, od = scan_pieces(chosen, config, continuous=continuous)
+        return (ev or [empty_table("events", config, continuous=continuous)],
+                od or [empty_table("orders", config, continuous=continuous)])
+
+    link_ev: list[pl.LazyFrame] | None = None
+    link_od: list[pl.LazyFrame] | None = None
     if day is None:
         used_files = files
-        events, orders = read_tables(files, config, continuous=continuous)
-        link_events, link_orders = events, orders
+        events, orders = pieces(files)
     else:
         lo = day - dt.timedelta(days=lookback_days(config))
         hi = day + dt.timedelta(days=lookahead_days(config))
@@ -403,150 +474,140 @@ def run_etl(
         older = [f for f in files if f.part_date is not None and f.part_date < lo
                  and f.table == "events"]
         used_files = window + older
-        events, orders = read_tables(window, config, continuous=continuous)
+        events, orders = pieces(window)
         if older:
-            old_ev, _ = read_tables(older, config, continuous=continuous)
-            events = pl.concat([old_ev.filter(pl.col("event_type") == "decision"), events])
-        link_events, link_orders = read_tables(files, config, continuous=continuous)
+            old_ev, _ = pieces(older)
+            events = [lf.filter(pl.col("event_type") == "decision") for lf in old_ev] + events
+        link_ev, link_od = pieces(files)
 
-    log.info("etl start", files=len(used_files), date=str(day) if day else "all",
-             buckets=config.n_buckets)
-    if config.n_buckets == 1:  # one bucket: read the files once, keep the rows in memory
-        ev_df, od_df = pl.collect_all([events, orders])
-        events, orders = ev_df.lazy(), od_df.lazy()
+    rows_in = _rows_in([("events", events), ("orders", orders)])
+    n = config.bucket_count(int(rows_in["n"].sum()))
+    log.info("etl start", files=len(used_files), date=str(day) if day else "all", buckets=n)
+    scaling = load_scaling(config, out_root, spec, prefer_existing=day is not None)
+    with tempfile.TemporaryDirectory(prefix="ecomrl-etl-") as tmp:
+        spill = _Spill(Path(tmp), fit=scaling is None, n_ranges=n)
+        _transform(events, orders, link_ev, link_od, config, space, end_us, scaling, n, spill,
+                   day)
+        if day is not None:
+            rows_in = rows_in.filter(pl.col("date") == day)
+        by_date = tally(pl.concat(spill.counts), rows_in)
+        check_quarantine(totals(by_date), config)
+        if scaling is None:
+            scaling = spill.fit_scaling(spec.names)
+        inputs = [
+            {"path": f.relpath, "table": f.table, "sha256": sha256(f.path)}
+            for f in sorted(used_files, key=lambda f: f.relpath)
+            if day is None or f.part_date == day
+        ]
+        fitted = scaling
+        empty_trans = pl.DataFrame(schema=transition_schema(n_feat, continuous))
         if day is None:
-            link_events, link_orders = events, orders
-    g = global_inputs(events, orders, config, space, data_end_us=data_end)
-    if day is not None:
-        full = global_inputs(link_events, link_orders, config, space, data_end_us=data_end)
-        g.links = full.links
-        g.output_dates = (day, day)
-        g.count_dates = (day, day)
-    g.scaling = _load_scaling(config, out_root, spec, prefer_existing=day is not None)
-    out = run_local(events, orders, g, config, spill=config.n_buckets > 1)
+            manifest, written = _write_backfill(
+                out_root, spill, n_feat, fitted,
+                lambda dates: build_manifest(config, space, spec, fitted, by_date, inputs, dates),
+            )
+            trans, quar = empty_trans, empty_quarantine()
+            if collect:
+                back_t = _read_back(out_root / "transitions", _TRANS_SORT)
+                back_q = _read_back(out_root / "quarantine", _QUAR_SORT)
+                trans = trans if back_t is None else back_t
+                quar = quar if back_q is None else back_q
+        else:
+            got_t = spill.read("transitions", spill.dates("transitions"))
+            got_q = spill.read("quarantine", spill.dates("quarantine"))
+            trans = empty_trans if got_t is None else _scale(got_t.sort(*_TRANS_SORT), n_feat,
+                                                             fitted)
+            quar = empty_quarantine() if got_q is None else got_q.sort(*_QUAR_SORT)
+            manifest = write_day(out_root, day, trans, quar, config, space, spec, fitted,
+                                 by_date, inputs)
+            written = {"transitions": trans.height, "quarantine": quar.height}
+            if not collect:
+                trans, quar = empty_trans, empty_quarantine()
+    done = manifest["counts"] if day is None else totals(by_date)
+    log.info("etl done", out=str(out_root), buckets=n, counts=done, **written)
+    return EtlResult(trans, quar, manifest, written)
 
-    in_frames = [("events", events), ("orders", orders)]
-    rows_in = _rows_in(in_frames)
-    if day is not None:
-        rows_in = rows_in.filter(pl.col("date") == day)
-    by_date = _tally(out.counts, rows_in)
-    _check_quarantine(_totals(by_date), config)
-    trans, scaling = _finish(out, spec, g.scaling)
-    inputs = [
-        {"path": f.relpath, "table": f.table, "sha256": sha256(f.path)}
-        for f in sorted(used_files, key=lambda f: f.relpath)
-        if day is None or f.part_date == day
-    ]
-    if day is None:
-        manifest = _manifest(config, space, spec, scaling, by_date, inputs,
-                             _decision_dates(trans))
-        _write_backfill(out_root, trans, out.quarantine, manifest)
-    else:
-        manifest = _write_day(out_root, day, trans, out.quarantine, config, space, spec,
-                              scaling, by_date, inputs)
-    totals = manifest["counts"] if day is None else _totals(by_date)
-    log.info("etl done", transitions=trans.height, quarantined=out.quarantine.height,
-             out=str(out_root), counts=totals)
-    return EtlResult(trans, out.quarantine, manifest)
+
+def _transform(
+    events: list[pl.LazyFrame], orders: list[pl.LazyFrame],
+    link_ev: list[pl.LazyFrame] | None, link_od: list[pl.LazyFrame] | None,
+    config: EtlConfig, space: ActionSpace, end_us: int | None, scaling: Scaling | None,
+    n: int, spill: _Spill, day: dt.date | None,
+) -> None:
+    """Global steps, then the transform per bucket; every output goes to ``spill``."""
+    def globals_of(ev: Sequence[pl.LazyFrame], od: Sequence[pl.LazyFrame]) -> GlobalInputs:
+        g = global_inputs(ev, od, config, space, data_end_us=end_us, link_events=link_ev,
+                          link_orders=link_od)
+        if day is not None:
+            g.output_dates = (day, day)
+            g.count_dates = (day, day)
+        g.scaling = scaling
+        return g
+
+    if n == 1:  # one bucket: read the files once, keep the rows in memory
+        ev_df, od_df = pl.collect_all([pl.concat(events), pl.concat(orders)])
+        g = globals_of([ev_df.lazy()], [od_df.lazy()])
+        spill.put_outputs(0, transform_partition(ev_df, od_df, g, config))
+        return
+    g = globals_of(events, orders)
+    schemas = {"events": pl.concat(events).collect_schema(),
+               "orders": pl.concat(orders).collect_schema()}
+    spill.put_inputs("events", events, g.links, n)
+    spill.put_inputs("orders", orders, g.links, n)
+    for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
+        ev, od = spill.inputs("events", b, schemas["events"]), spill.inputs("orders", b,
+                                                                            schemas["orders"])
+        out = transform_partition(ev, od, g, config)
+        del ev, od
+        spill.drop_inputs(b)
+        spill.put_outputs(b, out)
+        log.debug("bucket done", bucket=b, decisions=out.transitions.height)
 
 
 # ----------------------------------------------------------------------------- writing
 def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(path, compression="zstd", statistics=True)
+    write_parquet(frame, path)
 
 
-def _write_partitions(frame: pl.DataFrame, root: Path, date_expr: pl.Expr) -> None:
-    if frame.height == 0:
-        return
-    dated = frame.with_columns(date_expr.alias("_date"))
-    for (day,), part in dated.group_by("_date", maintain_order=True):
-        assert isinstance(day, dt.date)
-        _write_parquet(part.drop("_date"), root / f"date={day.isoformat()}" / "part-00000.parquet")
-
-
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _swap_dir(new: Path, target: Path) -> None:
-    """Move ``new`` into place at ``target`` (the old one, if any, is removed afterwards)."""
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-    if target.exists():
-        os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_backfill(out_root: Path, trans: pl.DataFrame, quarantine: pl.DataFrame,
-                    manifest: dict[str, Any]) -> None:
+def _write_backfill(
+    out_root: Path, spill: _Spill, n_features: int, scaling: Scaling,
+    manifest: Callable[[list[str]], dict[str, Any]],
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """Write every date's files from the spilled rows (one date in memory at a time) into a
+    temporary folder, add the manifest and rename it into place; returns the manifest and the
+    rows written per table."""
     out_root = out_root.resolve()
     out_root.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_root.with_name(f".{out_root.name}.tmp-{uuid.uuid4().hex}")
+    written = {"transitions": 0, "quarantine": 0}
     try:
         tmp.mkdir(parents=True)
-        _write_partitions(trans, tmp / "transitions", pl.col("decision_ts").dt.date())
-        _write_partitions(quarantine, tmp / "quarantine", pl.col("partition_date"))
-        _write_json(manifest, tmp / MANIFEST)
-        _swap_dir(tmp, out_root)
+        dates = spill.dates("transitions")
+        for day in dates:
+            frame = spill.read("transitions", [day])
+            assert frame is not None
+            frame = _scale(frame.sort(*_TRANS_SORT), n_features, scaling)
+            _write_parquet(frame, tmp / "transitions" / f"date={day}" / "part-00000.parquet")
+            written["transitions"] += frame.height
+        for day in spill.dates("quarantine"):
+            frame = spill.read("quarantine", [day])
+            assert frame is not None
+            _write_parquet(frame.sort(*_QUAR_SORT),
+                           tmp / "quarantine" / f"date={day}" / "part-00000.parquet")
+            written["quarantine"] += frame.height
+        data = manifest(dates)
+        write_json(data, tmp / MANIFEST)
+        swap_dir(tmp, out_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return data, written
 
 
-def _replace_partition(frame: pl.DataFrame, root: Path, day: dt.date) -> None:
-    target = root / f"date={day.isoformat()}"
-    if frame.height == 0:
-        if target.exists():
-            _swap_dir_remove(target)
-        return
-    tmp = root / f".date={day.isoformat()}.tmp-{uuid.uuid4().hex}"
-    try:
-        _write_parquet(frame, tmp / "part-00000.parquet")
-        _swap_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _swap_dir_remove(target: Path) -> None:
-    old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-    os.replace(target, old)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_day(
-    out_root: Path,
-    day: dt.date,
-    trans: pl.DataFrame,
-    quarantine: pl.DataFrame,
-    config: EtlConfig,
-    space: ActionSpace,
-    spec: FeatureSpec,
-    scaling: Scaling,
-    by_date: dict[str, dict[str, Any]],
-    inputs: list[dict[str, str]],
-) -> dict[str, Any]:
-    out_root.mkdir(parents=True, exist_ok=True)
-    _replace_partition(trans, out_root / "transitions", day)
-    _replace_partition(quarantine, out_root / "quarantine", day)
-    path = out_root / MANIFEST
-    old: dict[str, Any] = (
-        json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    )
-    merged_dates = {k: v for k, v in old.get("counts_by_date", {}).items()
-                    if k != day.isoformat()}
-    merged_dates.update(by_date)
-    merged_dates = dict(sorted(merged_dates.items()))
-    by_path = {i["path"]: i for i in old.get("inputs", [])}
-    by_path.update({i["path"]: i for i in inputs})
-    tdir = out_root / "transitions"
-    dates = sorted(p.name.removeprefix("date=") for p in tdir.glob("date=*")) if tdir.is_dir() \
-        else []
-    manifest = _manifest(config, space, spec, scaling, merged_dates,
-                         [by_path[k] for k in sorted(by_path)], dates)
-    _write_json(manifest, path)
-    return manifest
+def _read_back(root: Path, sort: Sequence[str]) -> pl.DataFrame | None:
+    files = sorted(root.glob("date=*/*.parquet"))
+    if not files:
+        return None
+    return pl.read_parquet(files, hive_partitioning=False).sort(*sort)
 
 
 __all__ = ["EtlResult", "build_transitions", "lookahead_days", "lookback_days", "run_etl",

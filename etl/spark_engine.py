@@ -60,21 +60,19 @@ from etl.core import COUNT_SCHEMA, RAW_OBS, GlobalInputs, global_inputs, transfo
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
 from etl.io import InputFile, action_is_continuous, discover, resolve_mapping, scan_table, sha256
-from etl.pipeline import (
+from etl.output import (
     MANIFEST,
-    EtlResult,
-    _check_quarantine,
-    _data_end_us,
-    _load_scaling,
-    _manifest,
-    _swap_dir,
-    _tally,
-    _totals,
-    _write_day,
-    _write_json,
-    lookahead_days,
-    lookback_days,
+    build_manifest,
+    check_quarantine,
+    data_end_us,
+    load_scaling,
+    swap_dir,
+    tally,
+    totals,
+    write_day,
+    write_json,
 )
+from etl.pipeline import EtlResult, lookahead_days, lookback_days
 from etl.schema import (
     EVENT_COLUMNS,
     NAIVE_TS,
@@ -710,7 +708,7 @@ def _run(
     links = keep(_links(link_pairs, parts))
     dups = keep(_duplicates(events, orders, ev_schema=ev_schema, od_schema=od_schema,
                             config=config, space=space, parts=parts))
-    end_us = _data_end_us(files)
+    end_us = data_end_us(files)
     if end_us is None:
         if day is None:
             ends = read_partials
@@ -726,7 +724,7 @@ def _run(
     if day is not None:
         g.output_dates = (day, day)
         g.count_dates = (day, day)
-    g.scaling = _load_scaling(config, out_root, spec, prefer_existing=day is not None)
+    g.scaling = load_scaling(config, out_root, spec, prefer_existing=day is not None)
 
     # --- the transform, once per user partition
     out = _transform(events, orders, links, dups, g, config, ev_schema=ev_schema,
@@ -739,8 +737,8 @@ def _run(
     rows_in = _rows_in_spark(events, orders)
     if day is not None:
         rows_in = rows_in.filter(pl.col("date") == day)
-    by_date = _tally(counts, rows_in)
-    _check_quarantine(_totals(by_date), config)
+    by_date = tally(counts, rows_in)
+    check_quarantine(totals(by_date), config)
     laps.lap("accounting")
 
     # --- scaling: fitted on the raw features in (episode_id, step) order, like _finish
@@ -777,18 +775,19 @@ def _run(
         manifest, trans, quar = _publish_backfill(
             out_root, trans_df, quar_df, t_schema=t_schema, t_in=t_in, n_feat=n_feat,
             continuous=continuous, parts=parts, prepare_trans=prepare_trans, collect=collect,
-            manifest=lambda dates: _manifest(config, space, spec, fitted, by_date, inputs, dates),
+            manifest=lambda dates: build_manifest(config, space, spec, fitted, by_date, inputs,
+                                                  dates),
         )
     else:
         trans = prepare_trans(_collect(trans_df, t_in)).sort("episode_id", "step")
         quar = _collect(quar_df, QUARANTINE_SCHEMA).sort("source_table", "source_file",
                                                          "row_number")
-        manifest = _write_day(out_root, day, trans, quar, config, space, spec, fitted,
-                              by_date, inputs)
+        manifest = write_day(out_root, day, trans, quar, config, space, spec, fitted,
+                             by_date, inputs)
     laps.lap("write")
-    totals = manifest["counts"] if day is None else _totals(by_date)
+    done = manifest["counts"] if day is None else totals(by_date)
     log.info("etl done", engine="spark", transitions=trans.height, quarantined=quar.height,
-             out=str(out_root), counts=totals)
+             out=str(out_root), counts=done)
     return EtlResult(trans, quar, manifest)
 
 
@@ -817,8 +816,8 @@ def _publish_backfill(
             prepare=lambda f: f,
         )
         data = manifest(dates)
-        _write_json(data, tmp / MANIFEST)
-        _swap_dir(tmp, out_root)
+        write_json(data, tmp / MANIFEST)
+        swap_dir(tmp, out_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if collect:

@@ -61,9 +61,10 @@ def register(app: typer.Typer) -> None:
                          "reward, mapping, buckets)."),
         ] = None,
         buckets: Annotated[
-            int | None,
-            typer.Option("--buckets", help="Process users in this many hash buckets "
-                         "(less memory); overrides etl.n_buckets in the config."),
+            str | None,
+            typer.Option("--buckets", help="Process users in this many hash buckets, or 'auto' "
+                         "(one per etl.events_per_bucket input rows, the default): more buckets, "
+                         "less memory, same output. Overrides etl.n_buckets in the config."),
         ] = None,
         engine: Annotated[
             str | None,
@@ -86,9 +87,10 @@ def register(app: typer.Typer) -> None:
 
         cfg = load_config(config).etl
         if buckets is not None:
-            if buckets < 1:
-                raise EtlError("--buckets must be at least 1")
-            cfg = cfg.model_copy(update={"n_buckets": buckets})
+            if buckets != "auto" and (not buckets.isdigit() or int(buckets) < 1):
+                raise EtlError(f"--buckets must be 'auto' or a whole number >= 1, got {buckets!r}")
+            cfg = cfg.model_copy(update={"n_buckets": buckets if buckets == "auto" else
+                                         int(buckets)})
         day: dt.date | None = None
         if date is not None:
             try:
@@ -106,7 +108,7 @@ def register(app: typer.Typer) -> None:
 
             result = run_etl_spark(input_dir, out, cfg, date=day)
         else:
-            result = run_etl(input_dir, out, cfg, date=day)
+            result = run_etl(input_dir, out, cfg, date=day, collect=False)
         counts = result.manifest["counts_by_date"].get(day.isoformat(), {}) if day else \
             result.counts
-        typer.echo(_summary(counts, result.transitions.height, out))
+        typer.echo(_summary(counts, result.n_transitions, out))

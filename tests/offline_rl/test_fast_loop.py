@@ -166,7 +166,9 @@ def test_a_failed_compilation_falls_back_to_d3rlpys_update(
     ("setting", "steps_left", "expected"),
     [("auto", 4_999, False), ("auto", 5_000, True), (True, 10, True), (False, 10**6, False)],
 )
-def test_compile_auto_compiles_long_runs_only(setting: Any, steps_left: int, expected: bool) -> None:
+def test_compile_auto_compiles_long_runs_only(
+    setting: Any, steps_left: int, expected: bool
+) -> None:
     from offline_rl.config import TrainConfig
     from offline_rl.train import _wants_compile
 
