@@ -160,3 +160,30 @@ def test_hook_from_a_manifest_read_back_from_json_keeps_the_layout(
         row.drop("event_type"),
     )
     np.testing.assert_array_equal(got[0], base[row["decision_id"][0]])
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_packed_keys_find_the_history_strictly_before_each_query(wide: bool) -> None:
+    """The state builder's as-of search (packed 64-bit keys + binary search) against brute force:
+    for every query (identity, time), the history rows of that identity strictly before the time.
+    ``wide`` forces identity codes so large that times must be stored as ranks."""
+    from etl.features import _pack, _search
+
+    rng = np.random.default_rng(3)
+    n_ids = 40
+    kid_h = rng.integers(0, n_ids, 2_000)
+    t_h = rng.integers(1_700_000_000_000_000, 1_700_000_000_000_000 + 10**12, 2_000)
+    t_h[::7] = t_h[1::7][: len(t_h[::7])]  # ties between history rows
+    kid_q = rng.integers(0, n_ids, 300)
+    t_q = np.concatenate([rng.choice(t_h, 150), rng.integers(t_h.min() - 5, t_h.max() + 5, 150)])
+    if wide:
+        kid_h = kid_h + (1 << 40)
+        kid_q = kid_q + (1 << 40)
+    packed = _pack(kid_h, t_h, kid_q, [t_q], flag_bits=2)
+    assert (packed.ranked is not None) is wide
+    keys = np.sort(packed.hist)
+    start, (pos,) = _search(keys, packed)
+    for i in range(len(kid_q)):
+        expected = np.sort(t_h[(kid_h == kid_q[i]) & (t_h < t_q[i])])
+        got = packed.time_of(keys[start[i]:pos[i]])
+        np.testing.assert_array_equal(got, expected)
