@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks._children import measure, simulate_child
 
 EVENTS_PER_USER = 27.0  # promotion logs of 28 days: about this many events per simulated user
 
@@ -134,35 +134,12 @@ def _child_pandas(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver
 def _measure(mode: str, input_dir: Path, out: Path, **extra: Any) -> dict[str, Any]:
     """Run a child in a fresh process; wall/CPU seconds and peak RSS (MiB) from wait4."""
-    cmd = [sys.executable, "-m", "benchmarks.etl_bench", "--child", mode,
-           "--input", str(input_dir), "--out", str(out)]
-    for key, value in extra.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
-    result_file = out.parent / f"{out.name}.{mode}.json"
-    cmd += ["--result", str(result_file)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    err = proc.stderr.read().decode()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{mode} child failed:\n{err[-3000:]}")
-    info: dict[str, Any] = json.loads(result_file.read_text())
-    info.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, rss_mib=usage.ru_maxrss / 1024)
-    return info
+    result = out.parent / f"{out.name}.{mode}.json"
+    return measure("benchmarks.etl_bench", mode, input_dir, out, result, **extra)
 
 
 def _child_simulate(args: argparse.Namespace) -> dict[str, Any]:
-    from simulator.config import SimulatorConfig
-    from simulator.logs import simulate, write_raw_logs
-
-    n_users = max(50, round(args.rows / EVENTS_PER_USER))
-    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0))
-    write_raw_logs(logs, args.out, truth=False)
-    return {"events_in": logs.events.height}
+    return simulate_child(args, EVENTS_PER_USER)
 
 
 def _simulate(n_events: int, root: Path) -> int:

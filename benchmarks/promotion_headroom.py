@@ -17,7 +17,6 @@ these features can gain in this world; a learner from logs should not be expecte
 from __future__ import annotations
 
 import argparse
-import math
 import time
 
 import numpy as np
@@ -62,13 +61,6 @@ class CellRule:
         return np.asarray(self.table[cell_of(observations)])
 
 
-def paired(a: RolloutResult, b: RolloutResult) -> tuple[float, float]:
-    """Mean and 95 % half-width of the per-episode difference a - b on the same users."""
-    j = a.returns.join(b.returns, on="episode_id", how="inner", suffix="_b")
-    d = (j["discounted"] - j["discounted_b"]).to_numpy()
-    return float(d.mean()), float(1.96 * d.std(ddof=1) / math.sqrt(d.size))
-
-
 def search(sim: SimulatorConfig, seed: int, sweeps: int) -> tuple[np.ndarray, int]:
     """Coordinate ascent over the cells from "always none"; returns the table and rollouts run."""
     table = np.zeros(N_CELLS, np.int64)
@@ -85,7 +77,7 @@ def search(sim: SimulatorConfig, seed: int, sweeps: int) -> tuple[np.ndarray, in
                 trial[cell] = tier
                 res = rollout(CellRule(trial), sim, seed=seed)
                 runs += 1
-                gain, _ = paired(res, incumbent)
+                gain, _ = res.paired_difference(incumbent)
                 if gain > MIN_GAIN and (best is None or gain > best[0]):
                     best = (gain, tier, res)
             if best is not None:
@@ -123,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         ("searched rule", CellRule(table)),
     ):
         res = none if name == "always none" else rollout(pol, sim, seed=held)
-        m1, h1 = paired(res, base)
-        m2, h2 = paired(res, none)
+        m1, h1 = res.paired_difference(base)
+        m2, h2 = res.paired_difference(none)
         print(f"{name:<18}{res.value:>9.3f}{f'{m1:+.3f} +- {h1:.3f}':>20}"
               f"{f'{m2:+.3f} +- {h2:.3f}':>20}")
     print("\nsearched rule (cells not listed: none):")

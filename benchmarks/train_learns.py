@@ -128,7 +128,7 @@ def run_space(
         constants = range(manifest.action_size) if space == "discrete" else (0.0, 0.05, 0.1)
         for action in constants:
             ref = rollout(constant_action(action), sim, n_users=eval_users, seed=eval_seed)
-            mean, half = _paired(ref, base)
+            mean, half = ref.paired_difference(base)
             name = f"always {action}"
             results.setdefault(name, []).append(
                 {
@@ -144,7 +144,7 @@ def run_space(
             )
         if space == "discrete":  # the documented hand-made rule: a reference, not a target
             ref = rollout(TargetingRule(), sim, n_users=eval_users, seed=eval_seed)
-            mean, half = _paired(ref, base)
+            mean, half = ref.paired_difference(base)
             results.setdefault("targeting rule", []).append(
                 {"value": ref.value, "lo": ref.ci_low, "hi": ref.ci_high,
                  "diff": ref.value - base.value}
@@ -165,7 +165,7 @@ def run_space(
                 n_users=eval_users,
                 seed=eval_seed,
             )
-            mean, half = _paired(greedy, base)
+            mean, half = greedy.paired_difference(base)
             results.setdefault("greedy_response", []).append(
                 {"value": greedy.value, "diff": greedy.value - base.value}
             )
@@ -192,7 +192,7 @@ def run_space(
             trained_policies[label] = policy
             t2 = time.perf_counter()
             res = rollout(policy, sim, observation_hook=hook, n_users=eval_users, seed=eval_seed)
-            mean, half = _paired(res, base)
+            mean, half = res.paired_difference(base)
             results.setdefault(label, []).append(
                 {
                     "value": res.value,
@@ -250,16 +250,6 @@ def print_cells(frame: pl.DataFrame, manifest: dict[str, Any], policies: dict[st
         )
         print(f"  {dev:<8}{ch:<7}{'first' if c % 2 else 'return':<7}n={int(m.sum()):>6} "
               + " ".join(f"{x:6.2f}" for x in q) + f" (se {se:.2f})  {shares}")
-
-
-def _paired(res: Any, base: Any) -> tuple[float, float]:
-    """Mean and 95 % half-width of the per-episode difference, episodes paired by id (the same
-    rollout seed gives the same users, so both policies meet the same people)."""
-    joined = res.returns.join(base.returns, on="episode_id", how="inner", suffix="_base")
-    diff = (joined["discounted"] - joined["discounted_base"]).to_numpy()
-    if diff.size < 2:
-        return math.nan, math.nan
-    return float(diff.mean()), float(1.96 * diff.std(ddof=1) / math.sqrt(diff.size))
 
 
 def _action_mix(policy: Any, observations: np.ndarray) -> str:

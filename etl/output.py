@@ -21,10 +21,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from etl.attribute import reward_kind
 from etl.config import EtlConfig
+from etl.core import RAW_OBS
 from etl.episodes import episode_mode
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
@@ -187,6 +189,17 @@ def load_scaling(config: EtlConfig, out_root: Path, spec: FeatureSpec,
 
 
 # ----------------------------------------------------------------------------- atomic writes
+def apply_scaling(trans: pl.DataFrame, scaling: Scaling, n_features: int) -> pl.DataFrame:
+    """Replace the raw features ``_raw_obs`` by the scaled float32 ``observation`` (both
+    engines)."""
+    if RAW_OBS not in trans.columns:
+        return trans
+    raw = trans[RAW_OBS].to_numpy().reshape(trans.height, n_features).astype(np.float64)
+    obs = pl.Series("observation", scaling.apply(raw), dtype=pl.Array(pl.Float32, n_features))
+    idx = trans.columns.index(RAW_OBS)
+    return trans.drop(RAW_OBS).insert_column(idx, obs)
+
+
 def write_parquet(frame: pl.DataFrame, path: Path) -> None:
     """One dataset file (zstd, with statistics); creates the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)

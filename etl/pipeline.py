@@ -55,6 +55,7 @@ from etl.io import action_is_continuous, discover, empty_table, scan_pieces, sha
 from etl.output import (
     EPOCH,
     MANIFEST,
+    apply_scaling,
     build_manifest,
     check_quarantine,
     data_end_us,
@@ -158,16 +159,6 @@ def _bucketed(lf: pl.LazyFrame, links: pl.DataFrame, n: int) -> pl.LazyFrame:
     )
 
 
-def _scale(trans: pl.DataFrame, n_features: int, scaling: Scaling) -> pl.DataFrame:
-    """Replace the raw features ``_raw_obs`` by the scaled float32 ``observation``."""
-    if RAW_OBS not in trans.columns:
-        return trans
-    raw = trans[RAW_OBS].to_numpy().reshape(trans.height, n_features).astype(np.float64)
-    obs = pl.Series("observation", scaling.apply(raw), dtype=pl.Array(pl.Float32, n_features))
-    idx = trans.columns.index(RAW_OBS)
-    return trans.drop(RAW_OBS).insert_column(idx, obs)
-
-
 def _finish(
     out: PartitionOutput, spec: FeatureSpec, scaling: Scaling | None
 ) -> tuple[pl.DataFrame, Scaling]:
@@ -179,7 +170,7 @@ def _finish(
     if scaling is None:
         raw = trans[RAW_OBS].to_numpy().reshape(trans.height, len(spec.names))
         scaling = Scaling.fit(spec.names, raw.astype(np.float64))
-    return _scale(trans, len(spec.names), scaling), scaling
+    return apply_scaling(trans, scaling, len(spec.names)), scaling
 
 
 def _rows_in(frames: Sequence[tuple[str, Sequence[pl.LazyFrame]]]) -> pl.DataFrame:
@@ -515,8 +506,8 @@ def run_etl(
         else:
             got_t = spill.read("transitions", spill.dates("transitions"))
             got_q = spill.read("quarantine", spill.dates("quarantine"))
-            trans = empty_trans if got_t is None else _scale(got_t.sort(*_TRANS_SORT), n_feat,
-                                                             fitted)
+            trans = empty_trans if got_t is None else apply_scaling(
+                got_t.sort(*_TRANS_SORT), fitted, n_feat)
             quar = empty_quarantine() if got_q is None else got_q.sort(*_QUAR_SORT)
             manifest = write_day(out_root, day, trans, quar, config, space, spec, fitted,
                                  by_date, inputs)
@@ -565,10 +556,6 @@ def _transform(
 
 
 # ----------------------------------------------------------------------------- writing
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
-    write_parquet(frame, path)
-
-
 def _write_backfill(
     out_root: Path, spill: _Spill, n_features: int, scaling: Scaling,
     manifest: Callable[[list[str]], dict[str, Any]],
@@ -586,13 +573,13 @@ def _write_backfill(
         for day in dates:
             frame = spill.read("transitions", [day])
             assert frame is not None
-            frame = _scale(frame.sort(*_TRANS_SORT), n_features, scaling)
-            _write_parquet(frame, tmp / "transitions" / f"date={day}" / "part-00000.parquet")
+            frame = apply_scaling(frame.sort(*_TRANS_SORT), scaling, n_features)
+            write_parquet(frame, tmp / "transitions" / f"date={day}" / "part-00000.parquet")
             written["transitions"] += frame.height
         for day in spill.dates("quarantine"):
             frame = spill.read("quarantine", [day])
             assert frame is not None
-            _write_parquet(frame.sort(*_QUAR_SORT),
+            write_parquet(frame.sort(*_QUAR_SORT),
                            tmp / "quarantine" / f"date={day}" / "part-00000.parquet")
             written["quarantine"] += frame.height
         data = manifest(dates)

@@ -62,6 +62,7 @@ from etl.features import FeatureSpec, Scaling
 from etl.io import InputFile, action_is_continuous, discover, resolve_mapping, scan_table, sha256
 from etl.output import (
     MANIFEST,
+    apply_scaling,
     build_manifest,
     check_quarantine,
     data_end_us,
@@ -564,16 +565,6 @@ def _transform(
 
 
 # ----------------------------------------------------------------------------- writing
-def _apply_scaling(trans: pl.DataFrame, scaling: Scaling, n_features: int) -> pl.DataFrame:
-    """Replace ``_raw_obs`` by the scaled float32 ``observation`` (as the local engine does)."""
-    if RAW_OBS not in trans.columns:
-        return trans
-    raw = trans[RAW_OBS].to_numpy().reshape(trans.height, n_features).astype(np.float64)
-    obs = pl.Series("observation", scaling.apply(raw), dtype=pl.Array(pl.Float32, n_features))
-    idx = trans.columns.index(RAW_OBS)
-    return trans.drop(RAW_OBS).insert_column(idx, obs)
-
-
 def _write_dated(
     df: DataFrame, *, root: str, date_col: str, sort: list[str], schema: dict[str, pl.DataType],
     file_schema: pa.Schema, in_schema: dict[str, pl.DataType], parts: int,
@@ -761,7 +752,7 @@ def _run(
     fitted = scaling
 
     def prepare_trans(frame: pl.DataFrame) -> pl.DataFrame:
-        return _apply_scaling(frame, fitted, n_feat)
+        return apply_scaling(frame, fitted, n_feat)
 
     hashes = _hashes(spark, [f for f in used_files if day is None or f.part_date == day], parts)
     inputs = [

@@ -51,6 +51,17 @@ class RolloutResult:
     logs: SimulatedLogs | None = None
     observations: pl.DataFrame | None = None
 
+    def paired_difference(self, other: RolloutResult) -> tuple[float, float]:
+        """Mean and 95 % half-width (normal) of the per-episode difference ``self - other`` of
+        discounted returns, on the episodes both rollouts share: rollouts with the same seed meet
+        the same users, so pairing removes the users' own variance from the comparison.
+        ``(nan, nan)`` with fewer than two shared episodes."""
+        joined = self.returns.join(other.returns, on="episode_id", how="inner", suffix="_other")
+        diff = (joined["discounted"] - joined["discounted_other"]).to_numpy()
+        if diff.size < 2:
+            return math.nan, math.nan
+        return float(diff.mean()), float(Z_95 * diff.std(ddof=1) / math.sqrt(diff.size))
+
     def as_dict(self) -> dict[str, Any]:
         """The scalar fields (for JSON reports)."""
         return {

@@ -148,3 +148,20 @@ def test_recommendation_hook_rounds_are_page_views() -> None:
 
     res = rollout(lambda o, r: np.zeros(len(o), int), cfg, observation_hook=hook)
     assert len(rounds) > cfg.max_pages and res.n_episodes > 0
+
+
+def test_paired_difference_pairs_the_same_episodes() -> None:
+    config = SimulatorConfig(n_users=300, seed=5, days=14)
+    none = rollout(constant_action(0), config)
+    ten = rollout(constant_action(2), config)
+    mean, half = ten.paired_difference(none)
+    # brute force: episode by episode, by id
+    a = dict(zip(ten.returns["episode_id"], ten.returns["discounted"], strict=True))
+    b = dict(zip(none.returns["episode_id"], none.returns["discounted"], strict=True))
+    diff = np.array([a[k] - b[k] for k in sorted(a.keys() & b.keys())])
+    assert len(diff) > 100
+    assert mean == pytest.approx(diff.mean(), rel=1e-12)
+    assert half == pytest.approx(1.959963984540054 * diff.std(ddof=1) / np.sqrt(diff.size))
+    # pairing removes the users' own variance: tighter than the two unpaired intervals
+    assert half < (ten.ci_high - ten.ci_low) / 2
+    assert none.paired_difference(none) == (0.0, 0.0)
