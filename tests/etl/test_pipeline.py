@@ -108,7 +108,7 @@ def test_failed_run_leaves_previous_dataset(raw: Path, tmp_path: Path,
     import etl.pipeline as pipeline
 
     calls = {"n": 0}
-    real = pipeline._write_parquet
+    real = pipeline.write_parquet
 
     def dies(frame: pl.DataFrame, path: Path) -> None:
         calls["n"] += 1
@@ -116,7 +116,7 @@ def test_failed_run_leaves_previous_dataset(raw: Path, tmp_path: Path,
             raise KeyboardInterrupt("killed")
         real(frame, path)
 
-    monkeypatch.setattr(pipeline, "_write_parquet", dies)
+    monkeypatch.setattr(pipeline, "write_parquet", dies)
     with pytest.raises(KeyboardInterrupt):
         run_etl(raw, out, EtlConfig(gamma=0.5))
     assert _files(out) == before and (out / "_manifest.json").read_bytes() == manifest
