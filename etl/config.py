@@ -6,6 +6,7 @@ names say and turned into integer microseconds inside the ETL (Arrow-friendly, e
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -196,6 +197,12 @@ class EtlConfig(BaseModel):
     events_per_bucket: int = Field(
         500_000, gt=0, description="Input rows (events and order lines) per bucket for 'auto'."
     )
+    workers: Annotated[int, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="Threads of the local engine: input files read and buckets transformed at "
+        "the same time (peak memory grows with it: about one bucket per worker). auto: the "
+        "machine's cores, at most 4. The output does not depend on it.",
+    )
     engine: Literal["local", "spark"] = Field(
         "local",
         description="local: polars over user-hash buckets; spark: the same transform in Spark "
@@ -209,3 +216,9 @@ class EtlConfig(BaseModel):
         if self.n_buckets != "auto":
             return self.n_buckets
         return max(1, -(-input_rows // self.events_per_bucket))
+
+    def worker_count(self) -> int:
+        """Threads of the local engine: ``workers``, or for ``auto`` the cores, at most 4."""
+        if self.workers != "auto":
+            return self.workers
+        return max(1, min(4, os.cpu_count() or 1))

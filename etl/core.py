@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -292,46 +293,60 @@ def global_inputs(
     data_end_us: int | None = None,
     link_events: Sequence[pl.LazyFrame] | None = None,
     link_orders: Sequence[pl.LazyFrame] | None = None,
+    stitched_only: bool = False,
+    workers: int = 1,
 ) -> GlobalInputs:
     """Identity map, duplicate rows and data end, computed once over all valid rows.
 
     ``events`` / ``orders``: the rows, as one lazy frame each or as pieces of it (one per input
-    file, say). Pieces are read one at a time, each projected to the few columns the global
-    steps need, so memory follows the largest piece plus the results: the identity map, 8 bytes
-    per valid row for duplicate detection (64-bit id hashes; only the rows of repeated hashes are
-    read again, and compared exactly) and the duplicate rows. ``link_events`` /
-    ``link_orders``: build the identity map from these rows instead (a nightly run stitches ids
-    over every partition but transforms a window).
+    file, say). Pieces are read one at a time (``workers`` at the same time, results combined in
+    piece order), each projected to the few columns the global steps need, so memory follows
+    the largest pieces plus the results: the identity map, 8 bytes per valid row for duplicate
+    detection (64-bit id hashes; only the rows of repeated hashes are read again, and compared
+    exactly) and the duplicate rows. ``link_events`` / ``link_orders``: build the identity map
+    from these rows instead (a nightly run stitches ids over every partition but transforms a
+    window). ``stitched_only``: keep only the links of anonymous ids that rows without a user_id
+    carry in ``events`` / ``orders``, the only ones the transform looks up (the same output, a
+    far smaller map; a partial map that is merged with others, as Spark's, needs them all).
     """
     ev_parts = [events] if isinstance(events, pl.LazyFrame) else list(events)
     od_parts = [orders] if isinstance(orders, pl.LazyFrame) else list(orders)
     valid_ev = [_valid(p, "events", config, space) for p in ev_parts]
     valid_od = [_valid(p, "orders", config, space) for p in od_parts]
+    wanted = _stitched_ids([*ev_parts, *od_parts], workers) if stitched_only else None
     own_links = link_events is None and link_orders is None
     links = _Links()
     hashes: dict[str, list[np.ndarray]] = {"events": [], "orders": []}
     end: dt.datetime | None = None
-    for table, parts in (("events", valid_ev), ("orders", valid_od)):
-        ts_col = "event_ts" if table == "events" else "order_ts"
-        for lf in parts:
-            queries = [
-                lf.select(_id_hash(table)),
-                lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
-            ]
-            if own_links:
-                queries.append(_link_partial(lf, ts_col))
-            got = pl.collect_all(queries)
-            hashes[table].append(got[0]["_h"].to_numpy())
-            piece_end = got[1]["m"][0]
-            if piece_end is not None and (end is None or piece_end > end):
-                end = piece_end
-            if own_links:
-                links.add(got[2])
-    if not own_links:
-        for table, link_parts in (("events", link_events or []), ("orders", link_orders or [])):
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for table, parts in (("events", valid_ev), ("orders", valid_od)):
             ts_col = "event_ts" if table == "events" else "order_ts"
-            for lf in link_parts:
-                links.add(_link_partial(_valid(lf, table, config, space), ts_col).collect())
+
+            def piece(lf: pl.LazyFrame, table: str = table, ts_col: str = ts_col
+                      ) -> list[pl.DataFrame]:
+                queries = [
+                    lf.select(_id_hash(table)),
+                    lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
+                ]
+                if own_links:
+                    queries.append(_link_partial(lf, ts_col, wanted))
+                return pl.collect_all(queries)
+
+            for got in pool.map(piece, parts):
+                hashes[table].append(got[0]["_h"].to_numpy())
+                piece_end = got[1]["m"][0]
+                if piece_end is not None and (end is None or piece_end > end):
+                    end = piece_end
+                if own_links:
+                    links.add(got[2])
+        if not own_links:
+            for table, link_parts in (("events", link_events or []),
+                                      ("orders", link_orders or [])):
+                ts_col = "event_ts" if table == "events" else "order_ts"
+                queries = [_link_partial(_valid(lf, table, config, space), ts_col, wanted)
+                           for lf in link_parts]
+                for got_links in pool.map(lambda q: q.collect(), queries):
+                    links.add(got_links)
     links_df = links.result()
     dups_df = _duplicates(valid_ev, valid_od, hashes)
     if data_end_us is None:
@@ -343,6 +358,21 @@ def global_inputs(
                 microseconds=1
             )
     return GlobalInputs(space, links_df, dups_df, data_end_us)
+
+
+def _stitched_ids(parts: Sequence[pl.LazyFrame], workers: int) -> pl.Series:
+    """The anonymous ids of rows without a user_id (valid or not: a superset is safe)."""
+    def ids(lf: pl.LazyFrame) -> pl.DataFrame:
+        return (
+            lf.select("anonymous_id", "user_id")
+            .filter(pl.col("user_id").is_null() & pl.col("anonymous_id").is_not_null())
+            .select(pl.col("anonymous_id").unique())
+            .collect()
+        )
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        found = [pl.DataFrame(schema={"anonymous_id": pl.String()}), *pool.map(ids, parts)]
+    return pl.concat(found)["anonymous_id"].unique().sort()
 
 
 def _valid(lf: pl.LazyFrame, table: str, config: EtlConfig, space: ActionSpace) -> pl.LazyFrame:
@@ -362,9 +392,13 @@ def _id_hash(table: str) -> pl.Expr:
 _NO_ORDERS = {"anonymous_id": pl.String(), "user_id": pl.String(), "order_ts": TS}
 
 
-def _link_partial(lf: pl.LazyFrame, ts_col: str) -> pl.LazyFrame:
-    """:func:`identity_links` of one piece (its "first by time" combines across pieces)."""
+def _link_partial(lf: pl.LazyFrame, ts_col: str, wanted: pl.Series | None = None
+                  ) -> pl.LazyFrame:
+    """:func:`identity_links` of one piece (its "first by time" combines across pieces), of the
+    ``wanted`` anonymous ids only when given."""
     pairs = lf.select("anonymous_id", "user_id", pl.col(ts_col).alias("event_ts"))
+    if wanted is not None:
+        pairs = pairs.filter(pl.col("anonymous_id").is_in(wanted.implode()))
     return identity_links(pairs, pl.LazyFrame(schema=_NO_ORDERS))
 
 

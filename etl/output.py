@@ -151,7 +151,8 @@ def build_manifest(
         # how it ran (engine, buckets, Spark settings) is not what it means: every engine and
         # bucket count writes the same manifest
         "config": config.model_dump(
-            mode="json", exclude={"engine", "spark", "n_buckets", "events_per_bucket"}
+            mode="json", exclude={"engine", "spark", "n_buckets", "events_per_bucket",
+                                  "workers"}
         ),
     }
 

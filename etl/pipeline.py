@@ -27,10 +27,12 @@ import datetime as dt
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -76,6 +78,8 @@ _DATE = "_date"
 _TRANS_SORT = ("episode_id", "step")
 _QUAR_SORT = ("source_table", "source_file", "row_number")
 _BATCH = 131_072  # input rows read at a time when spilling the buckets
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -137,11 +141,14 @@ def run_local(
             out.transitions, out.quarantine.sort(*_QUAR_SORT), out.counts,
         )
     ev_b, od_b = _bucketed(events, g.links, n), _bucketed(orders, g.links, n)
-    outs: list[PartitionOutput] = []
-    for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
+
+    def bucket(b: int) -> PartitionOutput:
         ev = ev_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
         od = od_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
-        outs.append(transform_partition(ev, od, g, config))
+        return transform_partition(ev, od, g, config)
+
+    outs = list(tqdm(_in_order(bucket, range(n), config.worker_count()), total=n,
+                     desc="etl buckets", leave=False, disable=None))
     return PartitionOutput(
         pl.concat([o.transitions for o in outs]).sort(*_TRANS_SORT),
         pl.concat([empty_quarantine(), *[o.quarantine for o in outs]]).sort(*_QUAR_SORT),
@@ -157,6 +164,27 @@ def _bucketed(lf: pl.LazyFrame, links: pl.DataFrame, n: int) -> pl.LazyFrame:
         .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
         .drop(LINK_USER, LINK_TS)
     )
+
+
+def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn`` over ``items`` in ``workers`` threads, results in the items' order, with at most
+    ``workers + 1`` results waiting (``Executor.map`` would start them all and could hold every
+    result in memory). polars and numpy release the GIL for their work."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque[Future[R]] = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _finish(
@@ -214,7 +242,8 @@ def build_transitions(
     ev = normalize_frame(events, "events", config, space)
     od = normalize_frame(orders, "orders", config, space)
     end_us = None if data_end is None else (data_end - EPOCH) // dt.timedelta(microseconds=1)
-    g = global_inputs(ev.lazy(), od.lazy(), config, space, data_end_us=end_us)
+    g = global_inputs(ev.lazy(), od.lazy(), config, space, data_end_us=end_us,
+                      stitched_only=True)
     g.scaling = scaling
     out = run_local(ev.lazy(), od.lazy(), g, config,
                     n_buckets=config.bucket_count(ev.height + od.height))
@@ -275,37 +304,39 @@ class _Spill:
 
     # --- inputs
     def put_inputs(self, table: str, pieces: Sequence[pl.LazyFrame], links: pl.DataFrame,
-                   n: int) -> None:
+                   n: int, workers: int = 1) -> None:
         """Split the rows into their buckets: ``in/<table>/<bucket>.arrow``, one Arrow IPC file
-        per bucket appended batch by batch (a piece is read in batches of ``_BATCH`` rows, so
-        memory follows neither the input nor its largest file)."""
+        per bucket appended batch by batch, in input order. ``workers`` pieces are split at the
+        same time, each read in batches of ``_BATCH`` rows, so memory follows neither the input
+        nor its largest file."""
         key = user_key_expr().fill_null("")
+
+        def split(frame: pl.DataFrame) -> list[tuple[int, pa.Table]]:
+            ids = frame.select("anonymous_id", "user_id", "session_id")
+            if links.height:  # the identity-map join on the id columns only, in row order
+                ids = ids.join(links, on="anonymous_id", how="left", maintain_order="left")
+            else:
+                ids = ids.with_columns(pl.lit(None, pl.String()).alias(LINK_USER))
+            bucket = ids.select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
+            parts = frame.with_columns(bucket[_BUCKET]).partition_by(
+                _BUCKET, as_dict=True, include_key=False
+            )
+            return [(int(b), part.to_arrow()) for (b,), part in parts.items()]
+
+        batches_in = (frame for lf in pieces for frame in lf.collect_batches(chunk_size=_BATCH)
+                      if frame.height)
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         schema: pa.Schema | None = None
         try:
-            for lf in pieces:
-                for frame in lf.collect_batches(chunk_size=_BATCH):
-                    if frame.height == 0:
-                        continue
-                    bucket = (  # the identity-map join on the id columns only, in row order
-                        frame.select("anonymous_id", "user_id", "session_id")
-                        .join(links, on="anonymous_id", how="left", maintain_order="left")
-                        .select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
-                    )
-                    parts = frame.with_columns(bucket[_BUCKET]).partition_by(
-                        _BUCKET, as_dict=True, include_key=False
-                    )
-                    del frame
-                    for (b,), part in parts.items():
-                        assert isinstance(b, int)
-                        batch = part.to_arrow()
-                        schema = batch.schema if schema is None else schema
-                        writer = writers.get(b)
-                        if writer is None:
-                            path = self.root / "in" / table / f"{b:05d}.arrow"
-                            path.parent.mkdir(parents=True, exist_ok=True)
-                            writer = writers[b] = pa.ipc.new_file(str(path), schema)
-                        writer.write_table(batch.cast(schema))
+            for batches in _in_order(split, batches_in, workers):
+                for b, batch in batches:
+                    schema = batch.schema if schema is None else schema
+                    writer = writers.get(b)
+                    if writer is None:
+                        path = self.root / "in" / table / f"{b:05d}.arrow"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        writer = writers[b] = pa.ipc.new_file(str(path), schema)
+                    writer.write_table(batch.cast(schema))
         finally:
             for writer in writers.values():
                 writer.close()
@@ -496,6 +527,7 @@ def run_etl(
             manifest, written = _write_backfill(
                 out_root, spill, n_feat, fitted,
                 lambda dates: build_manifest(config, space, spec, fitted, by_date, inputs, dates),
+                config.worker_count(),
             )
             trans, quar = empty_trans, empty_quarantine()
             if collect:
@@ -525,10 +557,13 @@ def _transform(
     config: EtlConfig, space: ActionSpace, end_us: int | None, scaling: Scaling | None,
     n: int, spill: _Spill, day: dt.date | None,
 ) -> None:
-    """Global steps, then the transform per bucket; every output goes to ``spill``."""
+    """Global steps, then the transform per bucket (``config.worker_count()`` at the same
+    time); every output goes to ``spill``, bucket after bucket in order."""
+    workers = config.worker_count()
+
     def globals_of(ev: Sequence[pl.LazyFrame], od: Sequence[pl.LazyFrame]) -> GlobalInputs:
         g = global_inputs(ev, od, config, space, data_end_us=end_us, link_events=link_ev,
-                          link_orders=link_od)
+                          link_orders=link_od, stitched_only=True, workers=workers)
         if day is not None:
             g.output_dates = (day, day)
             g.count_dates = (day, day)
@@ -543,14 +578,19 @@ def _transform(
     g = globals_of(events, orders)
     schemas = {"events": pl.concat(events).collect_schema(),
                "orders": pl.concat(orders).collect_schema()}
-    spill.put_inputs("events", events, g.links, n)
-    spill.put_inputs("orders", orders, g.links, n)
-    for b in tqdm(range(n), desc="etl buckets", leave=False, disable=None):
-        ev, od = spill.inputs("events", b, schemas["events"]), spill.inputs("orders", b,
-                                                                            schemas["orders"])
+    spill.put_inputs("events", events, g.links, n, workers)
+    spill.put_inputs("orders", orders, g.links, n, workers)
+
+    def bucket(b: int) -> PartitionOutput:
+        ev = spill.inputs("events", b, schemas["events"])
+        od = spill.inputs("orders", b, schemas["orders"])
         out = transform_partition(ev, od, g, config)
         del ev, od
         spill.drop_inputs(b)
+        return out
+
+    done = _in_order(bucket, range(n), max(1, workers))
+    for b, out in enumerate(tqdm(done, total=n, desc="etl buckets", leave=False, disable=None)):
         spill.put_outputs(b, out)
         log.debug("bucket done", bucket=b, decisions=out.transitions.height)
 
@@ -558,7 +598,7 @@ def _transform(
 # ----------------------------------------------------------------------------- writing
 def _write_backfill(
     out_root: Path, spill: _Spill, n_features: int, scaling: Scaling,
-    manifest: Callable[[list[str]], dict[str, Any]],
+    manifest: Callable[[list[str]], dict[str, Any]], workers: int = 1,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """Write every date's files from the spilled rows (one date in memory at a time) into a
     temporary folder, add the manifest and rename it into place; returns the manifest and the
@@ -570,18 +610,22 @@ def _write_backfill(
     try:
         tmp.mkdir(parents=True)
         dates = spill.dates("transitions")
-        for day in dates:
-            frame = spill.read("transitions", [day])
+
+        def write(job: tuple[str, str]) -> int:
+            kind, day = job
+            frame = spill.read(kind, [day])
             assert frame is not None
-            frame = apply_scaling(frame.sort(*_TRANS_SORT), scaling, n_features)
-            write_parquet(frame, tmp / "transitions" / f"date={day}" / "part-00000.parquet")
-            written["transitions"] += frame.height
-        for day in spill.dates("quarantine"):
-            frame = spill.read("quarantine", [day])
-            assert frame is not None
-            write_parquet(frame.sort(*_QUAR_SORT),
-                           tmp / "quarantine" / f"date={day}" / "part-00000.parquet")
-            written["quarantine"] += frame.height
+            if kind == "transitions":
+                frame = apply_scaling(frame.sort(*_TRANS_SORT), scaling, n_features)
+            else:
+                frame = frame.sort(*_QUAR_SORT)
+            write_parquet(frame, tmp / kind / f"date={day}" / "part-00000.parquet")
+            return frame.height
+
+        jobs = [("transitions", d) for d in dates] + [
+            ("quarantine", d) for d in spill.dates("quarantine")]
+        for (kind, _), rows in zip(jobs, _in_order(write, jobs, workers), strict=True):
+            written[kind] += rows
         data = manifest(dates)
         write_json(data, tmp / MANIFEST)
         swap_dir(tmp, out_root)

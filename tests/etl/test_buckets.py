@@ -6,16 +6,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from etl import EtlConfig, run_etl
+from etl import EtlConfig, build_transitions, run_etl
 from etl.core import RAW_OBS, PartitionOutput, empty_counts, empty_quarantine, global_inputs
 from etl.features import Scaling
 from etl.io import action_is_continuous, discover, read_tables, scan_pieces
+from etl.pipeline import _in_order
 from etl.validate import ActionSpace
 from tests.etl.synth import Logs, make_logs, write_raw
 
@@ -105,6 +109,75 @@ def test_global_steps_file_by_file_equal_one_pass(raw: Path) -> None:
     linked = global_inputs(ev_p[:3], od_p[:3], config, space, link_events=ev_p,
                            link_orders=od_p)
     assert linked.links.equals(whole.links)
+    # threads give the same answer; stitched_only keeps exactly the links that rows without a
+    # user_id look up, as in the whole map
+    threaded = global_inputs(ev_p, od_p, config, space, workers=3)
+    assert threaded.links.equals(whole.links)
+    assert threaded.duplicates.sort(order).equals(whole.duplicates.sort(order))
+    small = global_inputs(ev_p, od_p, config, space, stitched_only=True, workers=2)
+    rows = pl.concat([ev.select("anonymous_id", "user_id").collect(),
+                      od.select("anonymous_id", "user_id").collect()])
+    looked_up = rows.filter(pl.col("user_id").is_null())["anonymous_id"].drop_nulls().unique()
+    want = whole.links.filter(pl.col("anonymous_id").is_in(looked_up.implode()))
+    assert 0 < small.links.height == want.height < whole.links.height
+    assert small.links.equals(want)
+
+
+def test_worker_threads_write_the_same_bytes(raw: Path, tmp_path: Path) -> None:
+    one = run_etl(raw, tmp_path / "one", EtlConfig(n_buckets=1, workers=1))
+    for workers in (1, 3):
+        got = run_etl(raw, tmp_path / f"w{workers}", EtlConfig(n_buckets=5, workers=workers),
+                      collect=False)
+        assert _files(tmp_path / f"w{workers}") == _files(tmp_path / "one")
+        assert got.manifest == one.manifest
+    assert "workers" not in one.manifest["config"]
+    mem = build_transitions(*_frames(raw), EtlConfig(n_buckets=4, workers=2))
+    assert mem.transitions.equals(one.transitions)
+
+
+def _frames(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    files = discover(raw)
+    ev, od = read_tables(files, EtlConfig(), continuous=False)
+    drop = ["_naive_ts", "_source_file", "_row_nr", "_part_date"]
+    return ev.collect().drop(drop, strict=False), od.collect().drop(drop, strict=False)
+
+
+def test_in_order_keeps_order_and_bounds_waiting_results() -> None:
+    running = 0
+    most = 0
+    lock = threading.Lock()
+
+    def slow(i: int) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.002 * (i % 3))
+        with lock:
+            running -= 1
+        return i * i
+
+    pulled: list[int] = []
+
+    def items() -> Iterator[int]:
+        for i in range(40):
+            pulled.append(i)
+            yield i
+
+    got = []
+    for i, value in enumerate(_in_order(slow, items(), 3)):
+        got.append(value)
+        assert len(pulled) <= i + 1 + 3 + 1  # never more than workers + 1 ahead
+    assert got == [i * i for i in range(40)]
+    assert most <= 3
+
+    def boom(i: int) -> int:
+        if i == 5:
+            raise ValueError("bucket 5 failed")
+        return i
+
+    with pytest.raises(ValueError, match="bucket 5 failed"):
+        list(_in_order(boom, range(10), 2))
 
 
 def test_temporary_files_are_removed_when_a_run_fails(
