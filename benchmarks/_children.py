@@ -43,13 +43,20 @@ def measure(
     return info
 
 
+DIRTY_EVENTS_PER_USER = 70.0  # with every kind of dirt on: bots' bursts, duplicates, ...
+
+
 def simulate_child(args: argparse.Namespace, events_per_user: float) -> dict[str, Any]:
     """Child step: simulate about ``args.rows`` raw events (promotion, 28 days) under
-    ``args.out``."""
-    from simulator.config import SimulatorConfig
+    ``args.out``; with ``args.dirty`` (when the benchmark has that flag) every kind of dirt is
+    on (anonymous sessions, bots, duplicates, late and out-of-order rows, reversals)."""
+    from simulator.config import DirtConfig, SimulatorConfig
     from simulator.logs import simulate, write_raw_logs
 
-    n_users = max(50, round(args.rows / events_per_user))
-    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0))
+    dirty = bool(getattr(args, "dirty", 0))
+    per_user = DIRTY_EVENTS_PER_USER if dirty else events_per_user
+    n_users = max(50, round(args.rows / per_user))
+    dirt = DirtConfig.all_on() if dirty else DirtConfig()
+    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0, dirt=dirt))
     write_raw_logs(logs, args.out, truth=False)
     return {"events_in": logs.events.height}

@@ -1,6 +1,6 @@
 """ETL speed and memory: the ETL against the floor of its I/O, and against plain pandas.
 
-    .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8,auto] [--small]
+    .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8,auto] [--dirty 1] [--small]
 
 Simulates about N raw events (promotion scenario, the simulator's logging policy), writes them
 as raw-log Parquet partitions, then measures, each in a fresh subprocess (wall and CPU seconds,
@@ -142,10 +142,10 @@ def _child_simulate(args: argparse.Namespace) -> dict[str, Any]:
     return simulate_child(args, EVENTS_PER_USER)
 
 
-def _simulate(n_events: int, root: Path) -> int:
+def _simulate(n_events: int, root: Path, dirty: int = 0) -> int:
     """Simulate in a child process, so that this (parent) process stays small: a child's
     ``ru_maxrss`` starts from the size of the process it was forked from."""
-    return int(_measure("simulate", root, root, rows=n_events)["events_in"])
+    return int(_measure("simulate", root, root, rows=n_events, dirty=dirty)["events_in"])
 
 
 def _row(name: str, info: dict[str, Any], events: int, floor: dict[str, Any] | None) -> str:
@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="input size of the pandas comparison (0: skip)")
     p.add_argument("--small", action="store_true", help="quick run: 100k events, 20k for pandas")
     p.add_argument("--keep", type=Path, default=None, help="work folder to keep (default: temp)")
+    p.add_argument("--dirty", type=int, choices=[0, 1], default=0,
+                   help="1: simulate with every kind of dirt on (anonymous sessions stitched at "
+                   "login, bots, duplicates, late rows, reversals)")
     p.add_argument("--child", choices=["etl", "floor", "pandas", "simulate"],
                    help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -196,8 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        n_events = _simulate(args.events, work / "raw")
-        print(f"simulated {n_events:,} events in {time.perf_counter() - t0:.1f} s "
+        n_events = _simulate(args.events, work / "raw", args.dirty)
+        kind = "dirty events" if args.dirty else "events"
+        print(f"simulated {n_events:,} {kind} in {time.perf_counter() - t0:.1f} s "
               f"(machine: {os.cpu_count()} cores, shared; load average "
               f"{os.getloadavg()[0]:.1f})")
         print("wall: the whole process; work: the same minus interpreter start and imports; "
