@@ -2,14 +2,15 @@
 
 Both run :func:`etl.core.transform_partition` once per user-hash bucket (``EtlConfig.n_buckets``,
 ``auto``: one bucket per ``events_per_bucket`` input rows); the output never depends on the
-number of buckets. On files, with several buckets, peak memory follows the bucket size rather
-than the input:
+number of buckets, nor on the number of worker threads (``EtlConfig.workers``). On files, with
+several buckets, peak memory follows the bucket size rather than the input:
 
 1. the global steps (identity map, duplicate keys, data end) and the row counts read the input
    one file at a time, projected to the columns they need (:func:`etl.core.global_inputs`);
-2. one more pass, file by file, spills each bucket's rows to a temporary Parquet folder;
-3. each bucket is loaded and transformed in turn, and its outputs are spilled too: transitions
-   and quarantine rows per output date, the raw features per range of episode ids, the counts
+   the identity map keeps only the anonymous ids that rows without a user_id carry;
+2. one more pass, batch by batch, spills each bucket's rows to a temporary Arrow file;
+3. each bucket is loaded and transformed, and its outputs are spilled too: transitions and
+   quarantine rows per output date, the raw features per range of episode ids, the counts
    (small) kept in memory;
 4. the feature scaling is fitted from the raw features read range by range of episode ids in
    (episode_id, step) order, summed in numpy's own order, so it is bit for bit the scaling of
@@ -17,8 +18,11 @@ than the input:
 5. each output date is read from its spilled rows, sorted, scaled and written; the folder is
    swapped into place atomically.
 
-Peak memory is then about one bucket's transform, or one date's output, whichever is larger.
-With one bucket the input is read once into memory (fastest when it fits).
+Steps 1, 2, 3 and 5 run ``workers`` pieces (files, batches, buckets, dates) at the same time in
+threads (polars and numpy release the GIL), and consume the results in order, so that files,
+spills and counts come out as with one worker. Peak memory is then about ``workers`` buckets'
+transforms, or dates' outputs, whichever is larger. With one bucket the input is read once
+into memory (fastest when it fits).
 """
 
 from __future__ import annotations

@@ -66,6 +66,13 @@ def register(app: typer.Typer) -> None:
                          "(one per etl.events_per_bucket input rows, the default): more buckets, "
                          "less memory, same output. Overrides etl.n_buckets in the config."),
         ] = None,
+        workers: Annotated[
+            str | None,
+            typer.Option("--workers", help="Threads of the local engine, or 'auto' (the cores, "
+                         "at most 4; the default): files read and buckets transformed at the "
+                         "same time, about one bucket of memory each, same output. Overrides "
+                         "etl.workers."),
+        ] = None,
         engine: Annotated[
             str | None,
             typer.Option("--engine", help="local (polars over user-hash buckets) or spark (the "
@@ -86,11 +93,13 @@ def register(app: typer.Typer) -> None:
         from etl.pipeline import run_etl
 
         cfg = load_config(config).etl
-        if buckets is not None:
-            if buckets != "auto" and (not buckets.isdigit() or int(buckets) < 1):
-                raise EtlError(f"--buckets must be 'auto' or a whole number >= 1, got {buckets!r}")
-            cfg = cfg.model_copy(update={"n_buckets": buckets if buckets == "auto" else
-                                         int(buckets)})
+        for flag, field, value in (("--buckets", "n_buckets", buckets),
+                                   ("--workers", "workers", workers)):
+            if value is None:
+                continue
+            if value != "auto" and (not value.isdigit() or int(value) < 1):
+                raise EtlError(f"{flag} must be 'auto' or a whole number >= 1, got {value!r}")
+            cfg = cfg.model_copy(update={field: value if value == "auto" else int(value)})
         day: dt.date | None = None
         if date is not None:
             try:

@@ -127,7 +127,8 @@ def test_cli_prints_the_accounting(raw: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     from ecomrl.cli import main
 
-    code = main(["etl", "--input", str(raw), "--out", str(tmp_path / "cli"), "--buckets", "3"])
+    code = main(["etl", "--input", str(raw), "--out", str(tmp_path / "cli"), "--buckets", "3",
+                 "--workers", "2"])
     out = capsys.readouterr().out
     assert code == 0
     assert "quarantined unknown_event_type: 1" in out
@@ -136,6 +137,9 @@ def test_cli_prints_the_accounting(raw: Path, tmp_path: Path,
     assert "input folder not found" in capsys.readouterr().err
     assert main(["etl", "--input", str(raw), "--out", str(tmp_path / "x"),
                  "--date", "yesterday"]) == 2
+    assert main(["etl", "--input", str(raw), "--out", str(tmp_path / "x"),
+                 "--workers", "0"]) == 2
+    assert "--workers must be 'auto' or a whole number >= 1, got '0'" in capsys.readouterr().err
 
 
 def test_accounting_frame_reconciles_with_the_counts() -> None:
