@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 
+from benchmarks._world import world
 from simulator import TIERS, RolloutResult, SimulatorConfig, TargetingRule, logging_policy, rollout
 
 N_CELLS = 48
@@ -96,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=20_000, help="users per rollout")
     parser.add_argument("--sweeps", type=int, default=1, help="coordinate-ascent sweeps")
     parser.add_argument("--seed", type=int, default=0, help="world (simulator) seed")
+    parser.add_argument("--expectation-rise", type=float, default=None,
+                        help="another world: [simulator.promotion_response] expectation_rise "
+                        "(default 0.4)")
     args = parser.parse_args(argv)
-    sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete")
+    sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete",
+                          promotion_response=world(args.expectation_rise))
     t0 = time.perf_counter()
-    print(f"promotion_headroom: {args.users} users per rollout, search on rollout seed "
+    print(f"promotion_headroom: {args.users} users per rollout, world "
+          f"{sim.promotion_response.model_dump()}, search on rollout seed "
           f"{10_000 + args.seed}, held out on {20_000 + args.seed}")
     table, runs = search(sim, 10_000 + args.seed, args.sweeps)
     print(f"search: {runs} online rollouts in {time.perf_counter() - t0:.0f} s")

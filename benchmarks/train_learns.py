@@ -39,6 +39,7 @@ import polars as pl
 import torch
 from scipy import stats
 
+from benchmarks._world import world
 from etl.config import EtlConfig
 from etl.features import ObservationBuilder
 from etl.pipeline import build_transitions
@@ -47,7 +48,14 @@ from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest
 from offline_rl.response import ResponseModel
 from offline_rl.train import train_on_frame
-from simulator import SimulatorConfig, constant_action, logging_policy, rollout, simulate
+from simulator import (
+    PromotionResponse,
+    SimulatorConfig,
+    constant_action,
+    logging_policy,
+    rollout,
+    simulate,
+)
 from simulator.policies import TargetingRule
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
@@ -101,10 +109,13 @@ def run_space(
     seeds: list[int],
     hidden: list[int] | None,
     out: Path,
+    response: PromotionResponse | None = None,
 ) -> dict[str, list[dict[str, float]]]:
+    response = response or PromotionResponse()
     results: dict[str, list[dict[str, float]]] = {"logging": []}
     for seed in seeds:
-        sim = SimulatorConfig(n_users=users, seed=seed, action_space=space)
+        sim = SimulatorConfig(n_users=users, seed=seed, action_space=space,
+                              promotion_response=response)
         t0 = time.perf_counter()
         logs = simulate(sim)
         etl = build_transitions(logs.events, logs.orders, EtlConfig())
@@ -322,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         help="per context cell, logged returns-to-go by tier beside each agent's choices (seed 0)",
     )
     parser.add_argument("--continuous-only", action="store_true")
+    parser.add_argument("--expectation-rise", type=float, default=None,
+                        help="another world: [simulator.promotion_response] expectation_rise "
+                        "(default 0.4)")
     parser.add_argument(
         "--continuous-hidden",
         type=int,
@@ -339,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.seeds))
     print(
         f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
-        f"continuous_steps={c_steps} seeds={seeds} torch_threads=1"
+        f"continuous_steps={c_steps} seeds={seeds} torch_threads=1 "
+        f"world={world(args.expectation_rise).model_dump()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.continuous_only:
@@ -354,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                 seeds=seeds,
                 hidden=None,
                 out=Path(tmp),
+                response=world(args.expectation_rise),
             )
             summarise("discrete", res)
         if not args.discrete_only:
@@ -366,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
                 seeds=seeds,
                 hidden=args.continuous_hidden,
                 out=Path(tmp),
+                response=world(args.expectation_rise),
             )
             summarise("continuous", res)
     return 0

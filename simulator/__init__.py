@@ -11,7 +11,12 @@ Public API::
 See ``simulator/README.md`` for the behaviour model and ``data_samples/README.md`` for the tables.
 """
 
-from simulator.config import DirtConfig, RecommendationRewardWeights, SimulatorConfig
+from simulator.config import (
+    DirtConfig,
+    PromotionResponse,
+    RecommendationRewardWeights,
+    SimulatorConfig,
+)
 from simulator.errors import SimulatorError
 from simulator.logs import SimulatedLogs, read_raw_logs, simulate, simulate_summary, write_raw_logs
 from simulator.model import PROMOTION_FEATURES, TIERS, action_labels, recommendation_features
@@ -36,6 +41,7 @@ __all__ = [
     "LoggingPolicy",
     "ObservationHook",
     "Policy",
+    "PromotionResponse",
     "RecommendationRewardWeights",
     "RolloutResult",
     "SimulatedLogs",

@@ -83,6 +83,26 @@ class RecommendationRewardWeights(BaseModel):
     revenue: float = 0.0
 
 
+class PromotionResponse(BaseModel):
+    """How users respond to incentives in the promotion scenario (hidden from the logs).
+
+    The defaults are the world every figure in this repository was measured in. Other values
+    give other worlds of the same scenario, for sensitivity checks: how much a policy can gain
+    by targeting depends mostly on how incentives shape later behaviour (simulator/README.md).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    expectation_rise: float = Field(0.4, ge=0.0, le=1.0)
+    """After an incentive above a user's discount expectation, the expectation moves this share
+    of the way up to it (reference-price effect: later full prices feel like losses)."""
+    expectation_decay: float = Field(0.25, ge=0.0, le=1.0)
+    """After a decision without such an incentive, the expectation shrinks by this share."""
+    loss_aversion: float = Field(1.1, ge=0.0)
+    """An incentive below the expectation lowers the purchase logit this many times as much as
+    one above it raises it."""
+
+
 class SimulatorConfig(BaseModel):
     """What to simulate; every field has a default so ``[simulator]`` may be omitted."""
 
@@ -118,3 +138,4 @@ class SimulatorConfig(BaseModel):
     policy_id: str = "heuristic-v1"
     rec_reward: RecommendationRewardWeights = Field(default_factory=RecommendationRewardWeights)
     dirt: DirtConfig = Field(default_factory=DirtConfig)
+    promotion_response: PromotionResponse = Field(default_factory=PromotionResponse)

@@ -46,9 +46,6 @@ _S_KEYED = 15
 BASE_LOGIT = -2.0
 CHANNEL_EFFECT = np.array([0.35, 0.15, 0.25, -0.35])  # direct, search, email, social
 DEVICE_EFFECT = np.array([-0.25, 0.0, 0.3])  # mobile, desktop, app
-LOSS_AVERSION = 1.1
-EXPECTATION_RISE = 0.4
-EXPECTATION_DECAY = 0.25
 EXTRA_LINE_P = np.array([0.1, 0.35, 0.3])  # per device
 SENS_BASE = 0.3
 SENS_SCALE = 24.0
@@ -416,7 +413,8 @@ class Engine:
         n_ord = pop.n_orders[u]
         dev, ch = p.device[real], p.channel[real]
         gap = perceived[real] - e
-        lift = sensitivity(s, n_ord) * np.where(gap >= 0, gap, LOSS_AVERSION * gap)
+        response = self.config.promotion_response
+        lift = sensitivity(s, n_ord) * np.where(gap >= 0, gap, response.loss_aversion * gap)
         logit = (
             BASE_LOGIT + pop.intent[u] - FULL_PRICE_AVERSION * s + HABIT * np.log1p(n_ord)
             + CHANNEL_EFFECT[ch]
@@ -487,7 +485,8 @@ class Engine:
         # state: expectation, churn, counters
         pr = perceived[real]
         pop.discount_expectation[u] = np.where(
-            pr > e, e + EXPECTATION_RISE * (pr - e), e * (1.0 - EXPECTATION_DECAY)
+            pr > e, e + response.expectation_rise * (pr - e),
+            e * (1.0 - response.expectation_decay),
         )
         churn_logit = (
             np.log(pop.churn_risk[u] / (1 - pop.churn_risk[u])) - CHURN_AFTER_PURCHASE * buy
