@@ -310,9 +310,9 @@ class _Spill:
     def put_inputs(self, table: str, pieces: Sequence[pl.LazyFrame], links: pl.DataFrame,
                    n: int, workers: int = 1) -> None:
         """Split the rows into their buckets: ``in/<table>/<bucket>.arrow``, one Arrow IPC file
-        per bucket appended batch by batch, in input order. ``workers`` pieces are split at the
-        same time, each read in batches of ``_BATCH`` rows, so memory follows neither the input
-        nor its largest file."""
+        per bucket appended batch by batch, in input order. The pieces are read in batches of
+        ``_BATCH`` rows, ``workers`` batches split at the same time, so memory follows neither the
+        input nor its largest file."""
         key = user_key_expr().fill_null("")
 
         def split(frame: pl.DataFrame) -> list[tuple[int, pa.Table]]:
@@ -593,7 +593,7 @@ def _transform(
         spill.drop_inputs(b)
         return out
 
-    done = _in_order(bucket, range(n), max(1, workers))
+    done = _in_order(bucket, range(n), workers)
     for b, out in enumerate(tqdm(done, total=n, desc="etl buckets", leave=False, disable=None)):
         spill.put_outputs(b, out)
         log.debug("bucket done", bucket=b, decisions=out.transitions.height)
@@ -604,9 +604,9 @@ def _write_backfill(
     out_root: Path, spill: _Spill, n_features: int, scaling: Scaling,
     manifest: Callable[[list[str]], dict[str, Any]], workers: int = 1,
 ) -> tuple[dict[str, Any], dict[str, int]]:
-    """Write every date's files from the spilled rows (one date in memory at a time) into a
-    temporary folder, add the manifest and rename it into place; returns the manifest and the
-    rows written per table."""
+    """Write every date's files from the spilled rows (``workers`` dates in memory at a time)
+    into a temporary folder, add the manifest and rename it into place; returns the manifest and
+    the rows written per table."""
     out_root = out_root.resolve()
     out_root.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_root.with_name(f".{out_root.name}.tmp-{uuid.uuid4().hex}")
