@@ -15,6 +15,12 @@ class DiscreteBCQConfig(AgentConfig):
     ``action_flexibility`` (0.3, d3rlpy's) keeps only the actions whose imitation probability is at
     least 0.3 times the most likely logged action's: the agent never picks a tier the logging
     policy (almost) never chose in that state.
+
+    ``beta`` (the imitator's logit penalty, ``beta * mean(logits ** 2)``) is 0.01, the value of
+    Fujimoto et al., "Benchmarking Batch Deep Reinforcement Learning Algorithms" (2019), instead
+    of d3rlpy's 0.5: on logged promotion data, 0.5 flattens the imitator so much that every tier
+    passes the 0.3 threshold in most states and the constraint stops binding (measured in
+    ``offline_rl/README.md``, "Does it learn?").
     """
 
     name: ClassVar[str] = "discrete_bcq"
@@ -25,7 +31,7 @@ class DiscreteBCQConfig(AgentConfig):
     batch_size: int = Field(256, ge=1)
     n_critics: int = Field(1, ge=1)
     action_flexibility: float = Field(0.3, gt=0.0, le=1.0)
-    beta: float = Field(0.5, ge=0.0)
+    beta: float = Field(0.01, ge=0.0)
     target_update_interval: int = Field(1_000, ge=1)
     share_encoder: bool = True
 
