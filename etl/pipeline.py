@@ -321,11 +321,15 @@ class _Spill:
                 ids = ids.join(links, on="anonymous_id", how="left", maintain_order="left")
             else:
                 ids = ids.with_columns(pl.lit(None, pl.String()).alias(LINK_USER))
-            bucket = ids.select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
-            parts = frame.with_columns(bucket[_BUCKET]).partition_by(
-                _BUCKET, as_dict=True, include_key=False
-            )
-            return [(int(b), part.to_arrow()) for (b,), part in parts.items()]
+            bucket = ids.select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))[_BUCKET]
+            # one stable sort by bucket and one Arrow conversion; each bucket is then a
+            # zero-copy slice (cheaper than a frame and a conversion per bucket)
+            codes = bucket.to_numpy()
+            table = frame[np.argsort(codes, kind="stable")].to_arrow()
+            counts = np.bincount(codes, minlength=n)
+            starts = np.concatenate([[0], np.cumsum(counts)])
+            return [(b, table.slice(int(starts[b]), int(counts[b])))
+                    for b in np.flatnonzero(counts).tolist()]
 
         batches_in = (frame for lf in pieces for frame in lf.collect_batches(chunk_size=_BATCH)
                       if frame.height)
@@ -340,7 +344,8 @@ class _Spill:
                         path = self.root / "in" / table / f"{b:05d}.arrow"
                         path.parent.mkdir(parents=True, exist_ok=True)
                         writer = writers[b] = pa.ipc.new_file(str(path), schema)
-                    writer.write_table(batch.cast(schema))
+                    writer.write_table(batch if batch.schema.equals(schema)
+                                       else batch.cast(schema))
         finally:
             for writer in writers.values():
                 writer.close()
