@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +59,7 @@ from etl.validate import (
     order_reason,
     quarantine_rows,
 )
+from etl.workers import in_order
 
 DROP = "_drop"
 DEC_ROW = "_dec_row"
@@ -318,35 +318,33 @@ def global_inputs(
     links = _Links()
     hashes: dict[str, list[np.ndarray]] = {"events": [], "orders": []}
     end: dt.datetime | None = None
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for table, parts in (("events", valid_ev), ("orders", valid_od)):
+    for table, parts in (("events", valid_ev), ("orders", valid_od)):
+        ts_col = "event_ts" if table == "events" else "order_ts"
+
+        def piece(lf: pl.LazyFrame, table: str = table, ts_col: str = ts_col
+                  ) -> list[pl.DataFrame]:
+            queries = [
+                lf.select(_id_hash(table)),
+                lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
+            ]
+            if own_links:
+                queries.append(_link_partial(lf, ts_col, wanted))
+            return pl.collect_all(queries)
+
+        for got in in_order(piece, parts, workers):
+            hashes[table].append(got[0]["_h"].to_numpy())
+            piece_end = got[1]["m"][0]
+            if piece_end is not None and (end is None or piece_end > end):
+                end = piece_end
+            if own_links:
+                links.add(got[2])
+    if not own_links:
+        for table, link_parts in (("events", link_events or []), ("orders", link_orders or [])):
             ts_col = "event_ts" if table == "events" else "order_ts"
-
-            def piece(lf: pl.LazyFrame, table: str = table, ts_col: str = ts_col
-                      ) -> list[pl.DataFrame]:
-                queries = [
-                    lf.select(_id_hash(table)),
-                    lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
-                ]
-                if own_links:
-                    queries.append(_link_partial(lf, ts_col, wanted))
-                return pl.collect_all(queries)
-
-            for got in pool.map(piece, parts):
-                hashes[table].append(got[0]["_h"].to_numpy())
-                piece_end = got[1]["m"][0]
-                if piece_end is not None and (end is None or piece_end > end):
-                    end = piece_end
-                if own_links:
-                    links.add(got[2])
-        if not own_links:
-            for table, link_parts in (("events", link_events or []),
-                                      ("orders", link_orders or [])):
-                ts_col = "event_ts" if table == "events" else "order_ts"
-                queries = [_link_partial(_valid(lf, table, config, space), ts_col, wanted)
-                           for lf in link_parts]
-                for got_links in pool.map(lambda q: q.collect(), queries):
-                    links.add(got_links)
+            queries = [_link_partial(_valid(lf, table, config, space), ts_col, wanted)
+                       for lf in link_parts]
+            for got_links in in_order(pl.LazyFrame.collect, queries, workers):
+                links.add(got_links)
     links_df = links.result()
     dups_df = _duplicates(valid_ev, valid_od, hashes)
     if data_end_us is None:
@@ -370,8 +368,7 @@ def _stitched_ids(parts: Sequence[pl.LazyFrame], workers: int) -> pl.Series:
             .collect()
         )
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        found = [pl.DataFrame(schema={"anonymous_id": pl.String()}), *pool.map(ids, parts)]
+    found = [pl.DataFrame(schema={"anonymous_id": pl.String()}), *in_order(ids, parts, workers)]
     return pl.concat(found)["anonymous_id"].unique().sort()
 
 

@@ -31,12 +31,10 @@ import datetime as dt
 import shutil
 import tempfile
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -75,6 +73,7 @@ from etl.output import (
 )
 from etl.schema import PART_DATE, transition_schema
 from etl.validate import ActionSpace
+from etl.workers import in_order
 
 log = structlog.get_logger(__name__)
 _BUCKET = "_bucket"
@@ -82,8 +81,6 @@ _DATE = "_date"
 _TRANS_SORT = ("episode_id", "step")
 _QUAR_SORT = ("source_table", "source_file", "row_number")
 _BATCH = 131_072  # input rows read at a time when spilling the buckets
-T = TypeVar("T")
-R = TypeVar("R")
 
 
 @dataclass
@@ -151,7 +148,7 @@ def run_local(
         od = od_b.filter(pl.col(_BUCKET) == b).drop(_BUCKET).collect()
         return transform_partition(ev, od, g, config)
 
-    outs = list(tqdm(_in_order(bucket, range(n), config.worker_count()), total=n,
+    outs = list(tqdm(in_order(bucket, range(n), config.worker_count()), total=n,
                      desc="etl buckets", leave=False, disable=None))
     return PartitionOutput(
         pl.concat([o.transitions for o in outs]).sort(*_TRANS_SORT),
@@ -168,27 +165,6 @@ def _bucketed(lf: pl.LazyFrame, links: pl.DataFrame, n: int) -> pl.LazyFrame:
         .with_columns((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))
         .drop(LINK_USER, LINK_TS)
     )
-
-
-def _in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
-    """``fn`` over ``items`` in ``workers`` threads, results in the items' order, with at most
-    ``workers + 1`` results waiting (``Executor.map`` would start them all and could hold every
-    result in memory). polars and numpy release the GIL for their work."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        pending: deque[Future[R]] = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > workers:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
 
 
 def _finish(
@@ -336,7 +312,7 @@ class _Spill:
         writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
         schema: pa.Schema | None = None
         try:
-            for batches in _in_order(split, batches_in, workers):
+            for batches in in_order(split, batches_in, workers):
                 for b, batch in batches:
                     schema = batch.schema if schema is None else schema
                     writer = writers.get(b)
@@ -598,7 +574,7 @@ def _transform(
         spill.drop_inputs(b)
         return out
 
-    done = _in_order(bucket, range(n), workers)
+    done = in_order(bucket, range(n), workers)
     for b, out in enumerate(tqdm(done, total=n, desc="etl buckets", leave=False, disable=None)):
         spill.put_outputs(b, out)
         log.debug("bucket done", bucket=b, decisions=out.transitions.height)
@@ -633,7 +609,7 @@ def _write_backfill(
 
         jobs = [("transitions", d) for d in dates] + [
             ("quarantine", d) for d in spill.dates("quarantine")]
-        for (kind, _), rows in zip(jobs, _in_order(write, jobs, workers), strict=True):
+        for (kind, _), rows in zip(jobs, in_order(write, jobs, workers), strict=True):
             written[kind] += rows
         data = manifest(dates)
         write_json(data, tmp / MANIFEST)

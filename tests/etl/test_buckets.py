@@ -6,9 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,6 @@ from etl import EtlConfig, build_transitions, run_etl
 from etl.core import RAW_OBS, PartitionOutput, empty_counts, empty_quarantine, global_inputs
 from etl.features import Scaling
 from etl.io import action_is_continuous, discover, read_tables, scan_pieces
-from etl.pipeline import _in_order
 from etl.validate import ActionSpace
 from tests.etl.synth import Logs, make_logs, write_raw
 
@@ -140,44 +136,6 @@ def _frames(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
     ev, od = read_tables(files, EtlConfig(), continuous=False)
     drop = ["_naive_ts", "_source_file", "_row_nr", "_part_date"]
     return ev.collect().drop(drop, strict=False), od.collect().drop(drop, strict=False)
-
-
-def test_in_order_keeps_order_and_bounds_waiting_results() -> None:
-    running = 0
-    most = 0
-    lock = threading.Lock()
-
-    def slow(i: int) -> int:
-        nonlocal running, most
-        with lock:
-            running += 1
-            most = max(most, running)
-        time.sleep(0.002 * (i % 3))
-        with lock:
-            running -= 1
-        return i * i
-
-    pulled: list[int] = []
-
-    def items() -> Iterator[int]:
-        for i in range(40):
-            pulled.append(i)
-            yield i
-
-    got = []
-    for i, value in enumerate(_in_order(slow, items(), 3)):
-        got.append(value)
-        assert len(pulled) <= i + 1 + 3 + 1  # never more than workers + 1 ahead
-    assert got == [i * i for i in range(40)]
-    assert most <= 3
-
-    def boom(i: int) -> int:
-        if i == 5:
-            raise ValueError("bucket 5 failed")
-        return i
-
-    with pytest.raises(ValueError, match="bucket 5 failed"):
-        list(_in_order(boom, range(10), 2))
 
 
 def test_temporary_files_are_removed_when_a_run_fails(
