@@ -110,12 +110,13 @@ def run_space(
     hidden: list[int] | None,
     out: Path,
     response: PromotionResponse | None = None,
+    bias: float = 0.0,
 ) -> dict[str, list[dict[str, float]]]:
     response = response or PromotionResponse()
     results: dict[str, list[dict[str, float]]] = {"logging": []}
     for seed in seeds:
         sim = SimulatorConfig(n_users=users, seed=seed, action_space=space,
-                              promotion_response=response)
+                              promotion_response=response, logging_discount_bias=bias)
         t0 = time.perf_counter()
         logs = simulate(sim)
         etl = build_transitions(logs.events, logs.orders, EtlConfig())
@@ -333,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         help="per context cell, logged returns-to-go by tier beside each agent's choices (seed 0)",
     )
     parser.add_argument("--continuous-only", action="store_true")
+    parser.add_argument("--logging-discount-bias", type=float, default=0.0,
+                        help="another logging policy: [simulator] logging_discount_bias "
+                        "(discrete; default 0, the heuristic; > 0 over-discounts)")
     parser.add_argument("--expectation-rise", type=float, default=None,
                         help="another world: [simulator.promotion_response] expectation_rise "
                         "(default 0.4)")
@@ -354,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
         f"continuous_steps={c_steps} seeds={seeds} torch_threads=1 "
-        f"world={world(args.expectation_rise).model_dump()}"
+        f"world={world(args.expectation_rise).model_dump()} "
+        f"logging_discount_bias={args.logging_discount_bias}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.continuous_only:
@@ -370,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                 hidden=None,
                 out=Path(tmp),
                 response=world(args.expectation_rise),
+                bias=args.logging_discount_bias,
             )
             summarise("discrete", res)
         if not args.discrete_only:

@@ -136,6 +136,10 @@ class SimulatorConfig(BaseModel):
     return_rate: float = Field(0.05, ge=0.0, le=1.0)
     """Base share of order lines returned (clean business rate)."""
     policy_id: str = "heuristic-v1"
+    logging_discount_bias: float = 0.0
+    """Added to the discrete promotion logging policy's score of every discount tier: above 0, a
+    platform that over-discounts (its most likely tier becomes a discount in most states); below
+    0, one that under-discounts. 0: the default heuristic."""
     rec_reward: RecommendationRewardWeights = Field(default_factory=RecommendationRewardWeights)
     dirt: DirtConfig = Field(default_factory=DirtConfig)
     promotion_response: PromotionResponse = Field(default_factory=PromotionResponse)

@@ -108,6 +108,8 @@ def logging_probabilities(observations: np.ndarray, config: SimulatorConfig) -> 
         scores = recommendation_scores(observations, config.n_categories)
     elif config.action_space == "discrete":
         scores = promotion_scores(observations)
+        if config.logging_discount_bias:
+            scores[:, 1:] += config.logging_discount_bias
     else:
         raise SimulatorError("the continuous logging policy has a density, not probabilities")
     return _mix_uniform(_softmax(scores))
