@@ -8,6 +8,7 @@ import pytest
 from scipy.integrate import quad
 
 from simulator import (
+    TIERS,
     SimulatorConfig,
     SimulatorError,
     as_policy,
@@ -17,7 +18,7 @@ from simulator import (
     logging_probabilities,
     rollout,
 )
-from simulator.policies import MIN_PROPENSITY, continuous_beta_params
+from simulator.policies import MIN_PROPENSITY, continuous_beta_params, promotion_scores
 
 
 def _random_promotion_obs(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -65,6 +66,37 @@ def test_logged_propensity_is_the_policy_probability_of_the_logged_action() -> N
     np.testing.assert_allclose(
         joined["propensity"].to_numpy(), probs[np.arange(len(idx)), idx], rtol=1e-12
     )
+
+
+def test_logging_discount_bias_shifts_the_discount_tiers_scores() -> None:
+    rng = np.random.default_rng(1)
+    obs = _random_promotion_obs(rng, 4000)
+    base = logging_probabilities(obs, SimulatorConfig())
+    biased = logging_probabilities(obs, SimulatorConfig(logging_discount_bias=1.0))
+    # brute force: the same softmax with +1 on tiers 1-3, mixed with the uniform floor
+    scores = promotion_scores(obs)
+    scores[:, 1:] += 1.0
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    eps = 1.2 * MIN_PROPENSITY * 4
+    want = (1 - eps) * z / z.sum(axis=1, keepdims=True) + eps / 4
+    np.testing.assert_allclose(biased, want, rtol=1e-12)
+    assert (biased[:, 1:] > base[:, 1:]).all()
+    cfg = SimulatorConfig(n_users=300, seed=5, logging_discount_bias=1.0)  # logged as it acts
+    res = rollout(logging_policy(cfg), cfg, return_logs=True)
+    assert res.logs is not None and res.observations is not None
+    dec = res.logs.events.filter(pl.col("event_type") == "decision")
+    joined = dec.select("decision_id", "action", "propensity").join(
+        res.observations, on="decision_id", how="inner")
+    seen = np.stack(joined["observation"].to_numpy())
+    probs = logging_probabilities(seen, cfg)
+    idx = np.array([TIERS.index(a) for a in joined["action"].to_list()])
+    np.testing.assert_allclose(joined["propensity"].to_numpy(),
+                               probs[np.arange(len(idx)), idx], rtol=1e-12)
+    # an over-discounting platform: on the states it meets, "none" is far less often the most
+    # likely tier (about 57 % of decisions against 92 % for the default heuristic)
+    mode_none = (probs.argmax(axis=1) == 0).mean()
+    default_none = (logging_probabilities(seen, SimulatorConfig()).argmax(axis=1) == 0).mean()
+    assert mode_none < default_none - 0.2
 
 
 def test_continuous_density_integrates_to_one_and_matches_the_logs() -> None:
