@@ -26,7 +26,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.train_learns import _train_config
+from benchmarks.train_learns import train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
 from offline_rl.artifacts import load_policy
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         for alpha in (1.0, 0.1):
             trained = train_on_frame(
                 frame, manifest, Path(tmp) / f"alpha{alpha}",
-                _train_config("discrete_cql", args.steps, args.seed, None, {"alpha": alpha}),
+                train_config("discrete_cql", args.steps, args.seed, None, {"alpha": alpha}),
                 progress=False,
             )
             policy = load_policy(trained.artifact)

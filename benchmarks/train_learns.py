@@ -63,7 +63,7 @@ REWARD_SCALE: list[float | None] = [None]
 CONTINUOUS = ("cql", "bcq", "bc")
 
 
-def _train_config(
+def train_config(
     agent: str,
     steps: int,
     seed: int,
@@ -197,7 +197,7 @@ def run_space(
                 etl.transitions,
                 manifest,
                 out / f"{space}_{seed}_{label}",
-                _train_config(agent, steps, seed, hidden, overrides),
+                train_config(agent, steps, seed, hidden, overrides),
                 progress=False,
             )
             policy = load_policy(trained.artifact)
