@@ -6,9 +6,9 @@ Simulates promotion logs (discrete tiers), runs the ETL, and at the first decisi
 episode compares, tier by tier:
 
 * the logged value of taking the tier: the discounted return-to-go (the manifest's gamma) of
-  the episodes whose first logged tier it was, self-normalised by the logged propensities
-  (Precup et al. 2000: the value of "this tier first, then the logging policy"). At the first
-  decision the logging policy sees only device and channel, so this is a fair comparison;
+  the episodes whose first logged tier it was, weighted by the inverse logged propensity and
+  self-normalised (Precup et al. 2000): the value of "this tier first, then the logging
+  policy", unbiased because the logging policy's propensities are logged;
 * the mean Q(s0, tier) of DiscreteCQL trained with the ``[train]`` defaults (``alpha`` 1.0,
   and 0.1 for a less conservative critic), in training reward units, and the share of first
   decisions where each tier is the critic's argmax.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -46,12 +47,37 @@ def returns_to_go(frame: pl.DataFrame, gamma: float) -> np.ndarray:
     )
 
 
+def with_hidden_expectation(
+    frame: pl.DataFrame, manifest: dict[str, Any], truth: pl.DataFrame
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """The transitions with the simulator's hidden discount expectation at each decision (before
+    the decision's update; standardised) as one more observation feature, and the manifest
+    that names it: whether the critic can learn a discount's later cost once it sees the state
+    that carries that cost."""
+    hidden = frame.select("decision_id").join(
+        truth.select("decision_id", "h_discount_expectation"), on="decision_id", how="left",
+        maintain_order="left",
+    )["h_discount_expectation"].fill_null(0.0).to_numpy()
+    scaled = (hidden - hidden.mean()) / (hidden.std() or 1.0)
+    dtype = frame.schema["observation"]
+    assert isinstance(dtype, pl.Array)
+    obs = np.column_stack([np.stack(frame["observation"].to_numpy()), scaled])
+    frame = frame.with_columns(
+        pl.Series("observation", obs, dtype=pl.Array(dtype.inner, obs.shape[1]))
+    )
+    names = [*manifest["feature_names"], "hidden_discount_expectation"]
+    return frame, {**manifest, "feature_names": names}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--logging-discount-bias", type=float, default=0.0)
+    parser.add_argument("--with-hidden-expectation", action="store_true",
+                        help="diagnosis: append the simulator's hidden discount expectation at "
+                        "each decision to the observation (no deployable policy can see it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete",
@@ -59,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     logs = simulate(sim)
     etl = build_transitions(logs.events, logs.orders, EtlConfig())
     frame = etl.transitions.sort("episode_id", "step")
-    manifest = TransitionManifest.from_dict(etl.manifest)
+    manifest_data = dict(etl.manifest)
+    if args.with_hidden_expectation:
+        frame, manifest_data = with_hidden_expectation(frame, manifest_data, logs.truth)
+    manifest = TransitionManifest.from_dict(manifest_data)
     gamma = float(etl.manifest["gamma"])
     ret = returns_to_go(frame, gamma)
     first = frame["step"].to_numpy() == 0
@@ -67,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     prop = frame["behaviour_propensity"].to_numpy()[first]
     s0 = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)[first]
     print(f"critic_vs_returns: {args.users} users, seed {args.seed}, logging_discount_bias "
-          f"{args.logging_discount_bias}, gamma {gamma}, {int(first.sum())} first decisions")
+          f"{args.logging_discount_bias}, hidden expectation in the state: "
+          f"{args.with_hidden_expectation}, gamma {gamma}, {int(first.sum())} first decisions")
     print(f"{'':<34}" + "".join(f"{t:>15}" for t in TIERS))
     logged = []
     for k in range(len(TIERS)):
