@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--logging-discount-bias", type=float, default=0.0)
+    parser.add_argument("--timeouts-as-terminals", action="store_true",
+                        help="diagnosis: end every episode as terminal (no bootstrapping past "
+                        "the last decision, the finite horizon the true value measures)")
     parser.add_argument("--with-hidden-expectation", action="store_true",
                         help="diagnosis: append the simulator's hidden discount expectation at "
                         "each decision to the observation (no deployable policy can see it)")
@@ -88,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest_data = dict(etl.manifest)
     if args.with_hidden_expectation:
         frame, manifest_data = with_hidden_expectation(frame, manifest_data, logs.truth)
+    if args.timeouts_as_terminals:
+        frame = frame.with_columns(
+            (pl.col("terminal") | pl.col("timeout")).alias("terminal"),
+            pl.lit(False).alias("timeout"),
+        )
     manifest = TransitionManifest.from_dict(manifest_data)
     gamma = float(etl.manifest["gamma"])
     ret = returns_to_go(frame, gamma)
@@ -97,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     s0 = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)[first]
     print(f"critic_vs_returns: {args.users} users, seed {args.seed}, logging_discount_bias "
           f"{args.logging_discount_bias}, hidden expectation in the state: "
-          f"{args.with_hidden_expectation}, gamma {gamma}, {int(first.sum())} first decisions")
+          f"{args.with_hidden_expectation}, timeouts as terminals: {args.timeouts_as_terminals}, "
+          f"gamma {gamma}, {int(first.sum())} first decisions")
     print(f"{'':<34}" + "".join(f"{t:>15}" for t in TIERS))
     logged = []
     for k in range(len(TIERS)):
