@@ -9,6 +9,7 @@ episode compares, tier by tier:
   the episodes whose first logged tier it was, weighted by the inverse logged propensity and
   self-normalised (Precup et al. 2000): the value of "this tier first, then the logging
   policy", unbiased because the logging policy's propensities are logged;
+* the same for the decision's own reward alone (what a myopic rule would see);
 * the mean Q(s0, tier) of DiscreteCQL trained with the ``[train]`` defaults (``alpha`` 1.0,
   and 0.1 for a less conservative critic), in training reward units, and the share of first
   decisions where each tier is the critic's argmax.
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         w = (action == k) / prop
         logged.append(float((w * ret[first]).sum() / w.sum()))
     print(f"{'logged value (SNIPW, EUR)':<34}" + "".join(f"{v:>15.3f}" for v in logged))
+    reward0 = frame["reward"].to_numpy()[first]
+    now = [float(((action == k) / prop * reward0).sum() / ((action == k) / prop).sum())
+           for k in range(len(TIERS))]
+    print(f"{'... of which this decision (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in now))
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in (1.0, 0.1):
             trained = train_on_frame(
