@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--logging-discount-bias", type=float, default=0.0)
+    parser.add_argument("--alphas", default="1.0,0.1",
+                        help="DiscreteCQL alpha values to train, comma-separated")
+    parser.add_argument("--gamma", type=float, default=None,
+                        help="diagnosis: the critic's discount (default the manifest's; a tiny "
+                        "value makes it a regression of the decision's own reward)")
+    parser.add_argument("--reward-scale", type=float, default=None,
+                        help="[train] reward_scale (default 1 / reward std); small values keep "
+                        "d3rlpy's Huber TD loss in its quadratic (mean-seeking) range")
     parser.add_argument("--timeouts-as-terminals", action="store_true",
                         help="diagnosis: end every episode as terminal (no bootstrapping past "
                         "the last decision, the finite horizon the true value measures)")
@@ -107,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"critic_vs_returns: {args.users} users, seed {args.seed}, logging_discount_bias "
           f"{args.logging_discount_bias}, hidden expectation in the state: "
           f"{args.with_hidden_expectation}, timeouts as terminals: {args.timeouts_as_terminals}, "
-          f"gamma {gamma}, {int(first.sum())} first decisions")
+          f"gamma {gamma} (critic: {args.gamma or gamma}), reward_scale {args.reward_scale}, "
+          f"{int(first.sum())} first decisions")
     print(f"{'':<34}" + "".join(f"{t:>15}" for t in TIERS))
     logged = []
     for k in range(len(TIERS)):
@@ -119,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
            for k in range(len(TIERS))]
     print(f"{'... of which this decision (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in now))
     with tempfile.TemporaryDirectory() as tmp:
-        for alpha in (1.0, 0.1):
-            trained = train_on_frame(
-                frame, manifest, Path(tmp) / f"alpha{alpha}",
-                train_config("discrete_cql", args.steps, args.seed, None, {"alpha": alpha}),
-                progress=False,
-            )
+        for alpha in (float(a) for a in args.alphas.split(",") if a):
+            config = train_config("discrete_cql", args.steps, args.seed, None, {"alpha": alpha})
+            config = config.model_copy(update={
+                k: v for k, v in (("gamma", args.gamma), ("reward_scale", args.reward_scale))
+                if v is not None
+            })
+            trained = train_on_frame(frame, manifest, Path(tmp) / f"alpha{alpha}", config,
+                                     progress=False)
             policy = load_policy(trained.artifact)
             q = [float(np.mean(policy.predict_value(s0, np.full(len(s0), k))))
                  for k in range(len(TIERS))]
