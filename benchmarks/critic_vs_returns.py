@@ -10,9 +10,14 @@ episode compares, tier by tier:
   self-normalised (Precup et al. 2000): the value of "this tier first, then the logging
   policy", unbiased because the logging policy's propensities are logged;
 * the same for the decision's own reward alone (what a myopic rule would see);
+* what d3rlpy's Huber TD loss (threshold 1 training unit) makes of the decision's own reward
+  at the chosen reward scale: the Huber location of each tier's (inverse-propensity weighted)
+  rewards, the constant a critic with ``gamma`` ~ 0 converges to. Where purchases are worth
+  more than one training unit it is about the purchase odds ``p / (1 - p)`` units, whatever
+  the purchase is worth;
 * the mean Q(s0, tier) of DiscreteCQL trained with the ``[train]`` defaults (``alpha`` 1.0,
-  and 0.1 for a less conservative critic), in training reward units, and the share of first
-  decisions where each tier is the critic's argmax.
+  and 0.1 for a less conservative critic), in training units and in EUR (divided by the reward
+  multiplier), and the share of first decisions where each tier is the critic's argmax.
 
 If the two rankings disagree, the critic has not learnt what the logs show.
 """
@@ -28,12 +33,13 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.train_learns import train_config
+from benchmarks.train_learns import reward_scale_arg, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
 from offline_rl.artifacts import load_policy
-from offline_rl.data import TransitionManifest
-from offline_rl.train import train_on_frame
+from offline_rl.config import TrainConfig
+from offline_rl.data import TransitionManifest, to_arrays
+from offline_rl.train import reward_multiplier, train_on_frame
 from simulator import TIERS, SimulatorConfig, simulate
 
 
@@ -46,6 +52,20 @@ def returns_to_go(frame: pl.DataFrame, gamma: float) -> np.ndarray:
             (pl.col("reward") * power).cum_sum(reverse=True).over("episode_id") / power
         ).to_series().to_numpy()
     )
+
+
+def huber_location(values: np.ndarray, weights: np.ndarray, delta: float = 1.0) -> float:
+    """The weighted Huber M-estimate of location: the ``theta`` where
+    ``sum_i w_i psi(x_i - theta) = 0``, ``psi(u) = clip(u, -delta, delta)`` (the minimiser of the
+    Huber loss that d3rlpy's TD error uses, threshold ``delta``), by bisection."""
+    lo, hi = float(values.min()), float(values.max())
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if float((weights * np.clip(values - mid, -delta, delta)).sum()) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def with_hidden_expectation(
@@ -81,9 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=None,
                         help="diagnosis: the critic's discount (default the manifest's; a tiny "
                         "value makes it a regression of the decision's own reward)")
-    parser.add_argument("--reward-scale", type=float, default=None,
-                        help="[train] reward_scale (default 1 / reward std); small values keep "
-                        "d3rlpy's Huber TD loss in its quadratic (mean-seeking) range")
+    parser.add_argument("--reward-scale", type=reward_scale_arg, default=None,
+                        help="[train] reward_scale: a number, std (the default: 1 / reward std) or "
+                        "max; small values keep d3rlpy's Huber TD loss in its quadratic "
+                        "(mean-seeking) range")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="the agent's lr_schedule (default the agent's default)")
     parser.add_argument("--timeouts-as-terminals", action="store_true",
                         help="diagnosis: end every episode as terminal (no bootstrapping past "
                         "the last decision, the finite horizon the true value measures)")
@@ -127,9 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     now = [float(((action == k) / prop * reward0).sum() / ((action == k) / prop).sum())
            for k in range(len(TIERS))]
     print(f"{'... of which this decision (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in now))
+    scale = reward_multiplier(  # the training multiplier (1 / std of the rewards by default)
+        TrainConfig(reward_scale=args.reward_scale), to_arrays(frame, manifest)
+    )
+    huber = [huber_location(reward0 * scale, (action == k) / prop) / scale
+             for k in range(len(TIERS))]
+    print(f"{'... Huber location of it (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in huber))
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in (float(a) for a in args.alphas.split(",") if a):
-            config = train_config("discrete_cql", args.steps, args.seed, None, {"alpha": alpha})
+            table: dict[str, Any] = {"alpha": alpha}
+            if args.lr_schedule:
+                table["lr_schedule"] = args.lr_schedule
+            config = train_config("discrete_cql", args.steps, args.seed, None, table)
             config = config.model_copy(update={
                 k: v for k, v in (("gamma", args.gamma), ("reward_scale", args.reward_scale))
                 if v is not None
@@ -140,8 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             q = [float(np.mean(policy.predict_value(s0, np.full(len(s0), k))))
                  for k in range(len(TIERS))]
             share = np.bincount(policy.predict(s0), minlength=len(TIERS)) / len(s0)
+            multiplier = float(policy.scalers["reward_multiplier"])
             print(f"{f'CQL alpha {alpha}: mean Q(s0, tier)':<34}"
-                  + "".join(f"{v:>15.3f}" for v in q))
+                  + "".join(f"{v:>15.4f}" for v in q))
+            print(f"{'... in EUR':<34}" + "".join(f"{v / multiplier:>15.3f}" for v in q))
             print(f"{f'CQL alpha {alpha}: argmax share':<34}"
                   + "".join(f"{v:>15.2f}" for v in share))
     order = np.argsort(logged)[::-1]

@@ -59,8 +59,21 @@ from simulator import (
 from simulator.policies import TargetingRule
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
-REWARD_SCALE: list[float | None] = [None]
+RewardScale = float | str | None
+REWARD_SCALE: list[RewardScale] = [None]
 CONTINUOUS = ("cql", "bcq", "bc")
+
+
+def reward_scale_arg(value: str) -> float | str:
+    """``--reward-scale``: a multiplier, or ``std`` / ``max`` (``[train] reward_scale``)."""
+    if value in ("std", "max"):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--reward-scale takes a number, 'std' or 'max', not {value!r}"
+        ) from None
 
 
 def train_config(
@@ -111,7 +124,11 @@ def run_space(
     out: Path,
     response: PromotionResponse | None = None,
     bias: float = 0.0,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
+    """``options``: per agent name, fields of its ``[train.<agent>]`` table (``--cql-alpha``,
+    ``--lr-schedule``)."""
+    options = options or {}
     response = response or PromotionResponse()
     results: dict[str, list[dict[str, float]]] = {"logging": []}
     for seed in seeds:
@@ -189,7 +206,9 @@ def run_space(
                 f"{greedy.ci_high:7.3f}]  diff {greedy.value - base.value:+7.3f} (paired "
                 f"{mean:+.3f} +- {half:.3f})  mix " + "/".join(f"{x:.2f}" for x in mix)
             )
-        runs: list[tuple[str, str, dict[str, Any]]] = [(a, a, {}) for a in agents] + extra
+        runs: list[tuple[str, str, dict[str, Any]]] = [
+            (a, a, dict(options.get(a, {}))) for a in agents
+        ] + extra
         trained_policies: dict[str, Any] = {}
         for label, agent, overrides in runs:
             t1 = time.perf_counter()
@@ -318,8 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--discrete-only", action="store_true")
     parser.add_argument(
-        "--reward-scale", type=float, default=None, help="[train] reward_scale (default 1/std)"
+        "--reward-scale", type=reward_scale_arg, default=None,
+        help="[train] reward_scale: a number, std (the default) or max",
     )
+    parser.add_argument("--cql-alpha", type=float, default=None,
+                        help="DiscreteCQL's alpha (default the agent's, 1.0)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="every agent's lr_schedule (default the agents' default)")
     parser.add_argument(
         "--agents", nargs="*", default=None, help="subset of the agents to train (default: all)"
     )
@@ -355,11 +379,18 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (3_000 if args.small else 10_000)
     c_steps = args.continuous_steps or (300 if args.small else 2_000)
     seeds = list(range(args.seeds))
+    options: dict[str, dict[str, Any]] = {a: {} for a in (*DISCRETE, *CONTINUOUS)}
+    if args.lr_schedule:
+        for table in options.values():
+            table["lr_schedule"] = args.lr_schedule
+    if args.cql_alpha is not None:
+        options["discrete_cql"]["alpha"] = args.cql_alpha
     print(
         f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
         f"continuous_steps={c_steps} seeds={seeds} torch_threads=1 "
         f"world={world(args.expectation_rise).model_dump()} "
-        f"logging_discount_bias={args.logging_discount_bias}"
+        f"logging_discount_bias={args.logging_discount_bias} reward_scale={args.reward_scale} "
+        f"agent options={ {k: v for k, v in options.items() if v} }"
     )
     with tempfile.TemporaryDirectory() as tmp:
         if not args.continuous_only:
@@ -376,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=Path(tmp),
                 response=world(args.expectation_rise),
                 bias=args.logging_discount_bias,
+                options=options,
             )
             summarise("discrete", res)
         if not args.discrete_only:
@@ -389,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 hidden=args.continuous_hidden,
                 out=Path(tmp),
                 response=world(args.expectation_rise),
+                options=options,
             )
             summarise("continuous", res)
     return 0

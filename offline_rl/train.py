@@ -104,11 +104,15 @@ def resolve_agent(config: TrainConfig, manifest: TransitionManifest) -> AgentCon
 
 
 def reward_multiplier(config: TrainConfig, arrays: TransitionArrays) -> float:
-    """The configured reward scale, or 1 / std of the training rewards."""
-    if config.reward_scale is not None:
+    """The configured reward scale: a number, 1 / std (``"std"``, ``None``) or 1 / max |reward|
+    (``"max"``) of the training rewards; 1.0 when those are all 0."""
+    if isinstance(config.reward_scale, float | int):
         return float(config.reward_scale)
-    std = float(np.std(arrays.rewards[arrays.transition_rows])) if arrays.n_transitions else 0.0
-    return 1.0 / std if std > 1e-12 else 1.0
+    rewards = arrays.rewards[arrays.transition_rows]
+    if not len(rewards):
+        return 1.0
+    size = float(np.abs(rewards).max()) if config.reward_scale == "max" else float(np.std(rewards))
+    return 1.0 / size if size > 1e-12 else 1.0
 
 
 def warm_start(algo: Any, artifact: Path, agent: str, manifest: TransitionManifest) -> None:
@@ -151,6 +155,7 @@ def build_algo(
     multiplier: float,
     device: str,
     compile_graph: bool = False,
+    n_steps: int | None = None,
 ) -> Any:
     """Create the d3rlpy algo with explicit scalers and build its networks (``create_impl``)."""
     from d3rlpy.preprocessing import MinMaxActionScaler, MultiplyRewardScaler
@@ -167,6 +172,7 @@ def build_algo(
         action_scaler=action_scaler,
         reward_scaler=reward_scaler,
         compile_graph=compile_graph,
+        n_steps=n_steps,
     )
     algo.create_impl((manifest.n_features,), manifest.action_size)
     return algo
@@ -323,8 +329,9 @@ def _load_checkpoint(
 def _fingerprint(
     config: TrainConfig, agent: AgentConfig, manifest: TransitionManifest, n_rows: int
 ) -> dict[str, Any]:
-    """What must be equal for a checkpoint to be resumed (not ``n_steps``: a run may extend)."""
-    return {
+    """What must be equal for a checkpoint to be resumed (not ``n_steps``: a run may extend,
+    unless its learning rate is annealed over ``n_steps``)."""
+    fingerprint: dict[str, Any] = {
         "agent": agent.name,
         "agent_config": agent.model_dump(),
         "seed": config.seed,
@@ -335,6 +342,9 @@ def _fingerprint(
         "data_sha256": manifest.sha256,
         "n_rows": n_rows,
     }
+    if agent.lr_schedule != "constant":  # the schedule's length is part of the optimizer state
+        fingerprint["n_steps"] = config.n_steps
+    return fingerprint
 
 
 def train(
@@ -395,6 +405,7 @@ def train_on_frame(
         multiplier=multiplier,
         device=device,
         compile_graph=config.compile is True and on_cuda,
+        n_steps=config.n_steps,
     )
     if init_from is not None and not resume:
         warm_start(algo, Path(init_from), agent.name, manifest)

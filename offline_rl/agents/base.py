@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,9 +32,16 @@ class AgentConfig(BaseModel):
     activation: str = "relu"
     clip_grad_norm: float | None = None
     """Gradient-norm clipping of every optimizer (d3rlpy ``AdamFactory.clip_grad_norm``)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Learning rate of every optimizer over the run: ``constant`` (d3rlpy's), or ``cosine``:
+    annealed from the configured rate to 0 at the run's last step (Loshchilov & Hutter, "SGDR",
+    2017; d3rlpy ``CosineAnnealingLRFactory(T_max=n_steps)``), so that the weights a run ends
+    with are not one noisy Adam iterate (see ``offline_rl/README.md``, "Does it learn?")."""
 
     # names of the fields that are ours, not d3rlpy's config fields
-    _ours: ClassVar[frozenset[str]] = frozenset({"hidden_units", "activation", "clip_grad_norm"})
+    _ours: ClassVar[frozenset[str]] = frozenset(
+        {"hidden_units", "activation", "clip_grad_norm", "lr_schedule"}
+    )
 
     def d3rlpy_kwargs(self) -> dict[str, Any]:
         """The fields that go to d3rlpy's config unchanged."""
@@ -48,12 +55,17 @@ class AgentConfig(BaseModel):
         action_scaler: Any = None,
         reward_scaler: Any = None,
         compile_graph: bool = False,
+        n_steps: int | None = None,
     ) -> AnyAlgo:
-        """Build the d3rlpy algorithm with this config (d3rlpy's ``Config.create`` spirit)."""
+        """Build the d3rlpy algorithm with this config (d3rlpy's ``Config.create`` spirit).
+
+        ``n_steps``: the run's length, which ``lr_schedule = "cosine"`` anneals over (required
+        then)."""
         from offline_rl._quiet import import_d3rlpy
 
         d3rlpy = import_d3rlpy()
         from d3rlpy.models.encoders import VectorEncoderFactory
+        from d3rlpy.optimizers.lr_schedulers import CosineAnnealingLRFactory
         from d3rlpy.optimizers.optimizers import AdamFactory
 
         if self.discrete and action_scaler is not None:
@@ -61,7 +73,12 @@ class AgentConfig(BaseModel):
         encoder = VectorEncoderFactory(
             hidden_units=list(self.hidden_units), activation=self.activation
         )
-        optim = AdamFactory(clip_grad_norm=self.clip_grad_norm)
+        schedule = None
+        if self.lr_schedule == "cosine":
+            if not n_steps or n_steps < 1:
+                raise TrainingError(f"{self.name}: lr_schedule = 'cosine' needs the run's n_steps")
+            schedule = CosineAnnealingLRFactory(T_max=n_steps)
+        optim = AdamFactory(clip_grad_norm=self.clip_grad_norm, lr_scheduler_factory=schedule)
         config_class = getattr(d3rlpy.algos, self.d3rlpy_name)
         fields = config_class.__dataclass_fields__
         kwargs = self.d3rlpy_kwargs()

@@ -269,3 +269,41 @@ def test_warm_start_loads_the_artifact_weights_and_refuses_a_mismatch(
     (first.artifact / "model.pt").write_bytes(b"tampered")
     with pytest.raises(TrainingError):
         warm_start(fresh, first.artifact, agent.name, manifest)
+
+
+def test_cosine_schedule_anneals_to_zero_and_resumes_identically(
+    tmp_path: Path, discrete_data: tuple[pl.DataFrame, TransitionManifest]
+) -> None:
+    frame, manifest = discrete_data
+    table = dict(SMALL, target_update_interval=7, lr_schedule="cosine")
+    config = _config("discrete_cql", 60, discrete_cql=table, checkpoint_every=25)
+    straight = train_on_frame(frame, manifest, tmp_path / "a", config, progress=False)
+    optim = straight.algo.impl.modules.optim.optim
+    assert optim.param_groups[0]["lr"] < 1e-6 * 3e-4  # annealed to (about) zero at the end
+    # the same run "killed" after its step-50 checkpoint, then resumed: the schedule continues
+    train_on_frame(frame, manifest, tmp_path / "b", config, progress=False)
+    last = latest_checkpoint(tmp_path / "b", "discrete_cql")
+    assert last is not None and last.name.endswith("60")
+    for path in (last, tmp_path / "b" / "discrete_cql"):
+        for item in sorted(path.rglob("*"), reverse=True):
+            item.rmdir() if item.is_dir() else item.unlink()
+        path.rmdir()
+    resumed = train_on_frame(frame, manifest, tmp_path / "b", config, resume=True, progress=False)
+    assert resumed.resumed_from == 50
+    assert torch.equal(_params(straight.algo), _params(resumed.algo))
+    # a constant-rate run trains differently (the schedule acts)
+    constant = _config("discrete_cql", 60, discrete_cql=dict(SMALL, target_update_interval=7))
+    plain = train_on_frame(frame, manifest, tmp_path / "c", constant, progress=False)
+    assert not torch.equal(_params(straight.algo), _params(plain.algo))
+
+
+def test_cosine_schedule_refuses_a_resume_with_another_length(
+    tmp_path: Path, discrete_data: tuple[pl.DataFrame, TransitionManifest]
+) -> None:
+    frame, manifest = discrete_data
+    table = dict(SMALL, lr_schedule="cosine")
+    train_on_frame(frame, manifest, tmp_path, _config("discrete_bc", 20, discrete_bc=table),
+                   progress=False)
+    with pytest.raises(TrainingError, match="n_steps"):
+        train_on_frame(frame, manifest, tmp_path, _config("discrete_bc", 40, discrete_bc=table),
+                       resume=True, progress=False)
