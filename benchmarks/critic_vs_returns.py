@@ -15,8 +15,8 @@ episode compares, tier by tier:
   rewards, the constant a critic with ``gamma`` ~ 0 converges to. Where purchases are worth
   more than one training unit it is about the purchase odds ``p / (1 - p)`` units, whatever
   the purchase is worth;
-* the mean Q(s0, tier) of DiscreteCQL trained with the ``[train]`` defaults (``alpha`` 1.0,
-  and 0.1 for a less conservative critic), in training units and in EUR (divided by the reward
+* the mean Q(s0, tier) of DiscreteCQL trained with the ``[train]`` defaults and each ``alpha``
+  of ``--alphas`` (default 1.0 and 0.1), in training units and in EUR (divided by the reward
   multiplier), and the share of first decisions where each tier is the critic's argmax.
 
 If the two rankings disagree, the critic has not learnt what the logs show.
@@ -36,9 +36,11 @@ import torch
 from benchmarks.train_learns import reward_scale_arg, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
+from offline_rl.agents import DiscreteCQLConfig
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
+from offline_rl.response import ResponseModel
 from offline_rl.train import reward_multiplier, train_on_frame
 from simulator import TIERS, SimulatorConfig, simulate
 
@@ -102,14 +104,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="diagnosis: the critic's discount (default the manifest's; a tiny "
                         "value makes it a regression of the decision's own reward)")
     parser.add_argument("--reward-scale", type=reward_scale_arg, default=None,
-                        help="[train] reward_scale: a number, std (the default: 1 / reward std) or "
-                        "max; small values keep d3rlpy's Huber TD loss in its quadratic "
-                        "(mean-seeking) range")
+                        help="[train] reward_scale: a number, auto (the default: max for "
+                        "DiscreteCQL), std (1 / reward std) or max (1 / max |reward|); small "
+                        "values keep d3rlpy's Huber TD loss in its quadratic (mean-seeking) "
+                        "range")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                         help="the agent's lr_schedule (default the agent's default)")
     parser.add_argument("--timeouts-as-terminals", action="store_true",
                         help="diagnosis: end every episode as terminal (no bootstrapping past "
                         "the last decision, the finite horizon the true value measures)")
+    parser.add_argument("--monte-carlo", action="store_true",
+                        help="diagnosis: the critic regresses each decision's logged discounted "
+                        "return-to-go (reward := return-to-go, gamma ~ 0): the logging "
+                        "policy's Q without bootstrapping")
+    parser.add_argument("--trees", action="store_true",
+                        help="also fit gradient-boosted trees (offline_rl's ResponseModel) to "
+                        "the return-to-go and print their mean Q(s0, tier) and argmax share")
     parser.add_argument("--with-hidden-expectation", action="store_true",
                         help="diagnosis: append the simulator's hidden discount expectation at "
                         "each decision to the observation (no deployable policy can see it)")
@@ -139,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.logging_discount_bias}, hidden expectation in the state: "
           f"{args.with_hidden_expectation}, timeouts as terminals: {args.timeouts_as_terminals}, "
           f"gamma {gamma} (critic: {args.gamma or gamma}), reward_scale {args.reward_scale}, "
+          f"lr_schedule {args.lr_schedule}, monte carlo: {args.monte_carlo}, "
           f"{int(first.sum())} first decisions")
     print(f"{'':<34}" + "".join(f"{t:>15}" for t in TIERS))
     logged = []
@@ -150,12 +161,27 @@ def main(argv: list[str] | None = None) -> int:
     now = [float(((action == k) / prop * reward0).sum() / ((action == k) / prop).sum())
            for k in range(len(TIERS))]
     print(f"{'... of which this decision (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in now))
-    scale = reward_multiplier(  # the training multiplier (1 / std of the rewards by default)
-        TrainConfig(reward_scale=args.reward_scale), to_arrays(frame, manifest)
+    scale = reward_multiplier(  # DiscreteCQL's training multiplier
+        TrainConfig(reward_scale=args.reward_scale or "auto"), to_arrays(frame, manifest),
+        DiscreteCQLConfig(),
     )
     huber = [huber_location(reward0 * scale, (action == k) / prop) / scale
              for k in range(len(TIERS))]
     print(f"{'... Huber location of it (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in huber))
+    observations = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)
+    if args.trees:
+        trees = ResponseModel.for_manifest(manifest).fit(
+            observations, frame["action"].to_numpy(), ret
+        )
+        q_trees = trees.predict_all_actions(s0)
+        share = np.bincount(q_trees.argmax(1), minlength=len(TIERS)) / len(s0)
+        print(f"{'trees on the return: Q(s0) EUR':<34}"
+              + "".join(f"{v:>15.3f}" for v in q_trees.mean(0)))
+        print(f"{'trees: argmax share':<34}" + "".join(f"{v:>15.2f}" for v in share))
+    critic_gamma = args.gamma
+    if args.monte_carlo:  # regress the return itself: Q of the logging policy, no bootstrap
+        frame = frame.with_columns(pl.Series("reward", ret))
+        critic_gamma = 1e-6
     with tempfile.TemporaryDirectory() as tmp:
         for alpha in (float(a) for a in args.alphas.split(",") if a):
             table: dict[str, Any] = {"alpha": alpha}
@@ -163,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 table["lr_schedule"] = args.lr_schedule
             config = train_config("discrete_cql", args.steps, args.seed, None, table)
             config = config.model_copy(update={
-                k: v for k, v in (("gamma", args.gamma), ("reward_scale", args.reward_scale))
+                k: v for k, v in (("gamma", critic_gamma), ("reward_scale", args.reward_scale))
                 if v is not None
             })
             trained = train_on_frame(frame, manifest, Path(tmp) / f"alpha{alpha}", config,

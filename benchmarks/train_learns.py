@@ -65,14 +65,15 @@ CONTINUOUS = ("cql", "bcq", "bc")
 
 
 def reward_scale_arg(value: str) -> float | str:
-    """``--reward-scale``: a multiplier, or ``std`` / ``max`` (``[train] reward_scale``)."""
-    if value in ("std", "max"):
+    """``--reward-scale``: a multiplier, or ``auto`` / ``std`` / ``max`` (``[train]
+    reward_scale``)."""
+    if value in ("auto", "std", "max"):
         return value
     try:
         return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"--reward-scale takes a number, 'std' or 'max', not {value!r}"
+            f"--reward-scale takes a number, 'auto', 'std' or 'max', not {value!r}"
         ) from None
 
 
@@ -94,7 +95,7 @@ def train_config(
             "checkpoint_every": steps,
             "log_every": max(steps // 20, 1),
             "split": "none",
-            "reward_scale": REWARD_SCALE[0],
+            **({"reward_scale": REWARD_SCALE[0]} if REWARD_SCALE[0] is not None else {}),
             agent: table,
         }
     )
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--discrete-only", action="store_true")
     parser.add_argument(
         "--reward-scale", type=reward_scale_arg, default=None,
-        help="[train] reward_scale: a number, std (the default) or max",
+        help="[train] reward_scale: a number, auto (the default), std or max",
     )
     parser.add_argument("--cql-alpha", type=float, default=None,
                         help="DiscreteCQL's alpha (default the agent's, 1.0)")

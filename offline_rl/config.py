@@ -75,14 +75,16 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(5_000, ge=1)
     log_every: int = Field(500, ge=1)
     """Steps between two points of the loss curves (means over the interval)."""
-    reward_scale: float | Literal["std", "max"] | None = None
-    """Multiplier applied to rewards in training (d3rlpy ``MultiplyRewardScaler``). ``"std"`` or
-    ``None``: 1 / std of the training rewards. ``"max"``: 1 / the largest absolute training
-    reward, so that every reward stays inside the quadratic zone of d3rlpy's Huber TD loss
-    (threshold 1) and the critic estimates means; at 1 / std a purchase worth several standard
-    deviations falls in the linear zone and a critic of "most decisions earn 0, some earn a
-    purchase" estimates nearer the purchase odds than the expected margin (``offline_rl/README``,
-    "Does it learn?"). A number: that multiplier."""
+    reward_scale: float | Literal["auto", "std", "max"] = "auto"
+    """Multiplier applied to rewards in training (d3rlpy ``MultiplyRewardScaler``). ``"max"``:
+    1 / the largest absolute training reward, so that every reward stays inside the quadratic
+    zone of d3rlpy's Huber TD loss (threshold 1) and the critic estimates means; at 1 / std a
+    purchase worth several standard deviations falls in the linear zone, and a critic of "most
+    decisions earn 0, some earn a purchase" estimates the purchase odds, not the expected margin
+    (``offline_rl/README.md``, "Does it learn?"). ``"std"``: 1 / std of the training rewards.
+    ``"auto"``: ``"max"`` for the agents whose critic d3rlpy fits with the Huber loss
+    (DiscreteCQL, DiscreteBCQ), ``"std"`` for the others (squared loss, or no critic). A number:
+    that multiplier."""
     gamma: float | None = Field(None, gt=0.0, le=1.0)
     """Discount factor; ``None`` takes the manifest's ``gamma``."""
     split: Literal["time", "episode", "none"] = "time"

@@ -103,15 +103,21 @@ def resolve_agent(config: TrainConfig, manifest: TransitionManifest) -> AgentCon
     return agent
 
 
-def reward_multiplier(config: TrainConfig, arrays: TransitionArrays) -> float:
-    """The configured reward scale: a number, 1 / std (``"std"``, ``None``) or 1 / max |reward|
-    (``"max"``) of the training rewards; 1.0 when those are all 0."""
-    if isinstance(config.reward_scale, float | int):
-        return float(config.reward_scale)
+def reward_multiplier(
+    config: TrainConfig, arrays: TransitionArrays, agent: AgentConfig | None = None
+) -> float:
+    """The configured reward scale: a number, 1 / std (``"std"``) or 1 / max |reward| (``"max"``)
+    of the training rewards, and for ``"auto"`` the one that suits ``agent``'s critic loss
+    (``"max"`` for a Huber critic, else ``"std"``); 1.0 when the rewards are all 0."""
+    scale = config.reward_scale
+    if isinstance(scale, float | int):
+        return float(scale)
+    if scale == "auto":
+        scale = "max" if agent is not None and agent.huber_critic else "std"
     rewards = arrays.rewards[arrays.transition_rows]
     if not len(rewards):
         return 1.0
-    size = float(np.abs(rewards).max()) if config.reward_scale == "max" else float(np.std(rewards))
+    size = float(np.abs(rewards).max()) if scale == "max" else float(np.std(rewards))
     return 1.0 / size if size > 1e-12 else 1.0
 
 
@@ -389,7 +395,7 @@ def train_on_frame(
     if train_arrays.n_transitions == 0:
         raise TrainingError("no training transitions (every episode is a one-step timeout?)")
     valid_arrays = to_arrays(valid_frame, manifest) if valid_frame.height else None
-    multiplier = reward_multiplier(config, train_arrays)
+    multiplier = reward_multiplier(config, train_arrays, agent)
     fingerprint = _fingerprint(config, agent, manifest, frame.height)
 
     from offline_rl._quiet import import_d3rlpy

@@ -26,6 +26,9 @@ class AgentConfig(BaseModel):
     name: ClassVar[str] = ""
     discrete: ClassVar[bool] = True
     d3rlpy_name: ClassVar[str] = ""
+    huber_critic: ClassVar[bool] = False
+    """Whether d3rlpy fits this agent's critic with the Huber TD loss (threshold 1 training
+    unit): its rewards are scaled by 1 / max |reward| under ``reward_scale = "auto"``."""
 
     hidden_units: list[int] = Field(default_factory=lambda: [256, 256])
     """Hidden layers of every network (d3rlpy ``VectorEncoderFactory``)."""

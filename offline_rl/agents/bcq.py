@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,7 @@ class DiscreteBCQConfig(AgentConfig):
     name: ClassVar[str] = "discrete_bcq"
     discrete: ClassVar[bool] = True
     d3rlpy_name: ClassVar[str] = "DiscreteBCQConfig"
+    huber_critic: ClassVar[bool] = True
 
     learning_rate: float = Field(3e-4, gt=0.0)
     batch_size: int = Field(256, ge=1)
@@ -34,6 +35,7 @@ class DiscreteBCQConfig(AgentConfig):
     beta: float = Field(0.01, ge=0.0)
     target_update_interval: int = Field(1_000, ge=1)
     share_encoder: bool = True
+    lr_schedule: Literal["constant", "cosine"] = "cosine"
 
 
 class BCQConfig(AgentConfig):

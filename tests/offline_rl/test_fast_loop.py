@@ -23,7 +23,7 @@ def _algo(name: str, manifest: TransitionManifest, seed: int = 0) -> Any:
 
     agent = AGENT_CONFIGS[name](**SMALL)
     d3rlpy.seed(seed)
-    return build_algo(agent, manifest, gamma=0.9, multiplier=0.5, device="cpu:0")
+    return build_algo(agent, manifest, gamma=0.9, multiplier=0.5, device="cpu:0", n_steps=100)
 
 
 def _params(algo: Any) -> torch.Tensor:
@@ -90,7 +90,7 @@ def test_target_sync_follows_the_step_counter(
     frame, manifest = discrete_data
     arrays = to_arrays(frame, manifest)
     agent = AGENT_CONFIGS["discrete_cql"](**SMALL, target_update_interval=5)
-    algo = build_algo(agent, manifest, gamma=0.9, multiplier=1.0, device="cpu:0")
+    algo = build_algo(agent, manifest, gamma=0.9, multiplier=1.0, device="cpu:0", n_steps=100)
     trainer = FastTrainer(algo, to_tensors(arrays, algo, "cpu:0"), seed=0)
     q, targ = algo.impl._modules.q_funcs, algo.impl._modules.targ_q_funcs
 

@@ -9,6 +9,13 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
+from offline_rl.agents import (
+    BCQConfig,
+    CQLConfig,
+    DiscreteBCConfig,
+    DiscreteBCQConfig,
+    DiscreteCQLConfig,
+)
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
 from offline_rl.data import to_arrays
@@ -32,7 +39,16 @@ def test_reward_multiplier_choices() -> None:
     frame, manifest = make_transitions(60, n_features=3, seed=2)
     arrays = to_arrays(frame, manifest)
     rewards = arrays.rewards[arrays.transition_rows]
-    assert reward_multiplier(TrainConfig(), arrays) == pytest.approx(1 / np.std(rewards))
+    std, largest = 1 / np.std(rewards), 1 / np.abs(rewards).max()
+    # "auto" (the default): 1 / max |r| for the Huber critics, 1 / std for the others
+    assert TrainConfig().reward_scale == "auto"
+    assert reward_multiplier(TrainConfig(), arrays) == pytest.approx(std)
+    for agent, expected in ((DiscreteCQLConfig(), largest), (DiscreteBCQConfig(), largest),
+                            (DiscreteBCConfig(), std), (CQLConfig(), std), (BCQConfig(), std)):
+        assert reward_multiplier(TrainConfig(), arrays, agent) == pytest.approx(expected)
+        assert reward_multiplier(TrainConfig(reward_scale="std"), arrays, agent) == (
+            pytest.approx(std)
+        )
     assert reward_multiplier(TrainConfig(reward_scale="std"), arrays) == pytest.approx(
         1 / np.std(rewards)
     )

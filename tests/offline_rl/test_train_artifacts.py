@@ -111,7 +111,8 @@ def test_resume_restores_the_step_counter_and_continues_identically(
     tmp_path: Path, discrete_data: tuple[pl.DataFrame, TransitionManifest]
 ) -> None:
     frame, manifest = discrete_data
-    extra = {"discrete_cql": dict(SMALL, target_update_interval=7)}
+    # a constant rate, so that the resumed run may extend n_steps (25 -> 60)
+    extra = {"discrete_cql": dict(SMALL, target_update_interval=7, lr_schedule="constant")}
     straight = train_on_frame(
         frame,
         manifest,
@@ -246,7 +247,7 @@ def test_warm_start_loads_the_artifact_weights_and_refuses_a_mismatch(
     trained = _params(load_policy(first.artifact).algo)
 
     agent = resolve_agent(config, manifest)
-    fresh = build_algo(agent, manifest, gamma=0.9, multiplier=1.0, device="cpu:0")
+    fresh = build_algo(agent, manifest, gamma=0.9, multiplier=1.0, device="cpu:0", n_steps=20)
     assert not torch.equal(_params(fresh), trained)
     warm_start(fresh, first.artifact, agent.name, manifest)
     assert torch.equal(_params(fresh), trained)
@@ -292,7 +293,8 @@ def test_cosine_schedule_anneals_to_zero_and_resumes_identically(
     assert resumed.resumed_from == 50
     assert torch.equal(_params(straight.algo), _params(resumed.algo))
     # a constant-rate run trains differently (the schedule acts)
-    constant = _config("discrete_cql", 60, discrete_cql=dict(SMALL, target_update_interval=7))
+    constant = _config("discrete_cql", 60, discrete_cql=dict(
+        SMALL, target_update_interval=7, lr_schedule="constant"))
     plain = train_on_frame(frame, manifest, tmp_path / "c", constant, progress=False)
     assert not torch.equal(_params(straight.algo), _params(plain.algo))
 
