@@ -35,8 +35,8 @@ class DiscreteCQLConfig(AgentConfig):
     """Weight of the conservative penalty (logsumexp Q minus Q of the logged action), in
     training reward units: how far it moves the Q-values in currency grows as 1 / the reward
     multiplier. 0.1 (d3rlpy: 1.0) goes with the default ``reward_scale`` (1 / max |reward|, about
-    1/180 EUR on the simulated shop): at 1.0 it would outweigh the differences between tiers a
-    hundredfold and the agent would only copy the most logged tier."""
+    1/190 EUR on the simulated shop): at 1.0 it would outweigh the differences between tiers
+    hundreds of times over, and the agent would only copy the most logged tier."""
     lr_schedule: Literal["constant", "cosine"] = "cosine"
 
 
