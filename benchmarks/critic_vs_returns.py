@@ -84,7 +84,7 @@ def with_hidden_expectation(
     scaled = (hidden - hidden.mean()) / (hidden.std() or 1.0)
     dtype = frame.schema["observation"]
     assert isinstance(dtype, pl.Array)
-    obs = np.column_stack([np.stack(frame["observation"].to_numpy()), scaled])
+    obs = np.column_stack([np.stack(list(frame["observation"].to_numpy())), scaled])
     frame = frame.with_columns(
         pl.Series("observation", obs, dtype=pl.Array(dtype.inner, obs.shape[1]))
     )

@@ -187,9 +187,9 @@ def run_space(
         if diagnostics and space == "discrete":
             # sensitivity lines, labelled as such: not the check's configuration
             extra.append(("cql_alpha0.1", "discrete_cql", {"alpha": 0.1}))
-            response = ResponseModel.for_manifest(manifest).fit_frame(etl.transitions)
+            response_model = ResponseModel.for_manifest(manifest).fit_frame(etl.transitions)
             greedy = rollout(
-                GreedyResponse(response),
+                GreedyResponse(response_model),
                 sim,
                 observation_hook=hook,
                 n_users=eval_users,
@@ -200,7 +200,8 @@ def run_space(
                 {"value": greedy.value, "diff": greedy.value - base.value}
             )
             mix = np.bincount(
-                GreedyResponse(response).predict(observations), minlength=manifest.action_size
+                GreedyResponse(response_model).predict(observations),
+                minlength=manifest.action_size,
             ) / len(observations)
             print(
                 f"  {'greedy_resp':<12} {greedy.value:8.3f}  [{greedy.ci_low:7.3f}, "
