@@ -18,7 +18,7 @@ from offline_rl.agents import (
 )
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
-from offline_rl.data import to_arrays
+from offline_rl.data import TransitionManifest, to_arrays
 from offline_rl.synthetic import make_transitions
 from offline_rl.train import reward_multiplier, train_on_frame
 
@@ -26,7 +26,7 @@ PURCHASE = 30.0
 P_BUY = 0.1
 
 
-def _purchase_bandit() -> tuple[pl.DataFrame, object]:
+def _purchase_bandit() -> tuple[pl.DataFrame, TransitionManifest]:
     """One-step episodes whose reward is a purchase worth 30 with probability 0.1, else 0,
     whatever the state and the action: every Q(s, a) should be the mean, 3."""
     frame, manifest = make_transitions(8000, n_features=4, n_actions=3, max_len=1, seed=11)
@@ -73,7 +73,7 @@ def test_the_critic_estimates_the_mean_only_inside_the_huber_zone(
         "discrete_cql": {"alpha": 0.0, "hidden_units": [16], "lr_schedule": "cosine",
                          "learning_rate": 1e-3},
     })
-    result = train_on_frame(frame, manifest, tmp_path, config, progress=False)  # type: ignore[arg-type]
+    result = train_on_frame(frame, manifest, tmp_path, config, progress=False)
     policy = load_policy(result.artifact)
     multiplier = float(policy.scalers["reward_multiplier"])
     arrays = to_arrays(frame, manifest)
