@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.train_learns import reward_scale_arg, train_config
+from benchmarks.train_learns import returns_to_go, reward_scale_arg, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
 from offline_rl.agents import DiscreteCQLConfig
@@ -43,17 +43,6 @@ from offline_rl.data import TransitionManifest, to_arrays
 from offline_rl.response import ResponseModel
 from offline_rl.train import reward_multiplier, train_on_frame
 from simulator import TIERS, SimulatorConfig, simulate
-
-
-def returns_to_go(frame: pl.DataFrame, gamma: float) -> np.ndarray:
-    """Discounted return from each transition to the end of its episode:
-    ``sum_k gamma^(k - t) r_k`` over the episode's steps ``k >= t``."""
-    power = pl.lit(gamma) ** pl.col("step")
-    return (
-        frame.select(
-            (pl.col("reward") * power).cum_sum(reverse=True).over("episode_id") / power
-        ).to_series().to_numpy()
-    )
 
 
 def huber_location(values: np.ndarray, weights: np.ndarray, delta: float = 1.0) -> float:
@@ -152,14 +141,16 @@ def main(argv: list[str] | None = None) -> int:
           f"lr_schedule {args.lr_schedule}, monte carlo: {args.monte_carlo}, "
           f"{int(first.sum())} first decisions")
     print(f"{'':<34}" + "".join(f"{t:>15}" for t in TIERS))
-    logged = []
-    for k in range(len(TIERS)):
-        w = (action == k) / prop
-        logged.append(float((w * ret[first]).sum() / w.sum()))
+    def snipw(values: np.ndarray) -> list[float]:
+        """Per tier, the self-normalised inverse-propensity mean of ``values`` at the first
+        decisions where that tier was logged."""
+        weights = [(action == k) / prop for k in range(len(TIERS))]
+        return [float((w * values).sum() / w.sum()) for w in weights]
+
+    logged = snipw(ret[first])
     print(f"{'logged value (SNIPW, EUR)':<34}" + "".join(f"{v:>15.3f}" for v in logged))
     reward0 = frame["reward"].to_numpy()[first]
-    now = [float(((action == k) / prop * reward0).sum() / ((action == k) / prop).sum())
-           for k in range(len(TIERS))]
+    now = snipw(reward0)
     print(f"{'... of which this decision (EUR)':<34}" + "".join(f"{v:>15.3f}" for v in now))
     scale = reward_multiplier(  # DiscreteCQL's training multiplier
         TrainConfig(reward_scale=args.reward_scale or "auto"), to_arrays(frame, manifest),

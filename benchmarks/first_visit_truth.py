@@ -24,8 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from benchmarks.critic_vs_returns import returns_to_go
-from benchmarks.train_learns import train_config
+from benchmarks.train_learns import CHANNELS, DEVICES, context_cells, returns_to_go, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
 from offline_rl.artifacts import load_policy
@@ -35,8 +34,6 @@ from offline_rl.train import train_on_frame
 from simulator import TIERS, SimulatorConfig, logging_policy, rollout, simulate
 from simulator.policies import CallablePolicy
 
-DEVICES = ("mobile", "desktop", "app")
-CHANNELS = ("direct", "search", "email", "social")
 FIRST_VISIT = 7  # index of first_visit in the simulator's default observation
 
 
@@ -93,15 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     etl = build_transitions(logs.events, logs.orders, EtlConfig())
     frame = etl.transitions.sort("episode_id", "step")
     manifest = TransitionManifest.from_dict(etl.manifest)
-    names: list[str] = etl.manifest["feature_names"]
     ret = returns_to_go(frame, float(etl.manifest["gamma"]))
     obs = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)
-    sessions = obs[:, names.index("n_sessions")]  # standardised count of past sessions
-    first = sessions <= sessions.min() + 1e-6  # none before: a first visit
-    s0 = obs[first]
-    device = s0[:, [names.index(f"device_{d}") for d in DEVICES]].argmax(1)
-    channel = s0[:, [names.index(f"channel_{c}") for c in CHANNELS]].argmax(1)
-    cell = device * 4 + channel
+    cells, first = context_cells(obs, etl.manifest["feature_names"])
+    s0, cell = obs[first], cells[first]
     trees = ResponseModel.for_manifest(manifest).fit(obs, frame["action"].to_numpy(), ret)
     picks = {"trees": trees.predict_all_actions(s0).argmax(1)}
     with tempfile.TemporaryDirectory() as tmp:

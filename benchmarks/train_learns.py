@@ -246,27 +246,40 @@ def run_space(
     return results
 
 
+DEVICES = ("mobile", "desktop", "app")
+CHANNELS = ("direct", "search", "email", "social")
+
+
+def returns_to_go(frame: pl.DataFrame, gamma: float) -> np.ndarray:
+    """Discounted return from each transition to the end of its episode (rows sorted by episode
+    and step): ``sum_k gamma^(k - t) r_k`` over the episode's steps ``k >= t``."""
+    power = pl.lit(gamma) ** pl.col("step")
+    return (
+        frame.select(
+            (pl.col("reward") * power).cum_sum(reverse=True).over("episode_id") / power
+        ).to_series().to_numpy()
+    )
+
+
+def context_cells(obs: np.ndarray, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ETL observations: the context cell ``device * 4 + channel`` (``DEVICES``,
+    ``CHANNELS``) and whether it is a first visit (no past session: the standardised session
+    count at its minimum)."""
+    device = obs[:, [names.index(f"device_{d}") for d in DEVICES]].argmax(1)
+    channel = obs[:, [names.index(f"channel_{c}") for c in CHANNELS]].argmax(1)
+    sessions = obs[:, names.index("n_sessions")]
+    return device * 4 + channel, sessions <= sessions.min() + 1e-6
+
+
 def print_cells(frame: pl.DataFrame, manifest: dict[str, Any], policies: dict[str, Any]) -> None:
     """Per cell of the context (device x channel x first visit): the logged discounted return-to-go
     of each tier (a Monte-Carlo Q of the logging policy, unconfounded on first visits, where the
     logging policy sees nothing but device and channel) beside each agent's choices."""
-    names: list[str] = manifest["feature_names"]
-    gamma = float(manifest["gamma"])
     obs = np.asarray(frame["observation"].to_numpy(), dtype=np.float32)
-    ret = (
-        frame.select("episode_id", "step", "reward")
-        .with_columns(w=pl.col("reward") * gamma ** pl.col("step").cast(pl.Float64))
-        .with_columns(
-            g=pl.col("w").cum_sum(reverse=True).over("episode_id")
-            / gamma ** pl.col("step").cast(pl.Float64)
-        )["g"].to_numpy()
-    )
+    ret = returns_to_go(frame, float(manifest["gamma"]))
     actions = frame["action"].to_numpy()
-    dev_cols = [names.index(f"device_{d}") for d in ("mobile", "desktop", "app")]
-    ch_cols = [names.index(f"channel_{c}") for c in ("direct", "search", "email", "social")]
-    sessions = obs[:, names.index("n_sessions")]
-    first = sessions <= sessions.min() + 1e-6
-    cell = (obs[:, dev_cols].argmax(1) * 4 + obs[:, ch_cols].argmax(1)) * 2 + first
+    context, first = context_cells(obs, manifest["feature_names"])
+    cell = context * 2 + first
     choices = {label: p.predict(obs) for label, p in policies.items()}
     k = int(actions.max()) + 1
     print("  per cell: logged return-to-go by tier (se), and each agent's tier shares")
@@ -275,8 +288,8 @@ def print_cells(frame: pl.DataFrame, manifest: dict[str, Any], policies: dict[st
         q = [ret[m & (actions == a)].mean() for a in range(k)]
         se = np.mean([ret[m & (actions == a)].std() / np.sqrt((m & (actions == a)).sum())
                       for a in range(k)])
-        dev = ("mobile", "desktop", "app")[c // 8]
-        ch = ("direct", "search", "email", "social")[(c // 2) % 4]
+        dev = DEVICES[c // 8]
+        ch = CHANNELS[(c // 2) % 4]
         shares = "  ".join(
             f"{label}:" + "/".join(f"{x:.2f}" for x in np.bincount(v[m], minlength=k) / m.sum())
             for label, v in choices.items()

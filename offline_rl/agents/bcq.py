@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 from pydantic import Field
 
-from offline_rl.agents.base import AgentConfig
+from offline_rl.agents.base import AgentConfig, DiscreteQLearningConfig
 
 
-class DiscreteBCQConfig(AgentConfig):
-    """d3rlpy ``DiscreteBCQConfig``; the same e-commerce defaults as ``DiscreteCQLConfig``.
+class DiscreteBCQConfig(DiscreteQLearningConfig):
+    """d3rlpy ``DiscreteBCQConfig`` with the defaults of ``DiscreteQLearningConfig``.
 
     ``action_flexibility`` (0.3, d3rlpy's) keeps only the actions whose imitation probability is at
     least 0.3 times the most likely logged action's: the agent never picks a tier the logging
@@ -24,18 +24,11 @@ class DiscreteBCQConfig(AgentConfig):
     """
 
     name: ClassVar[str] = "discrete_bcq"
-    discrete: ClassVar[bool] = True
     d3rlpy_name: ClassVar[str] = "DiscreteBCQConfig"
-    huber_critic: ClassVar[bool] = True
 
-    learning_rate: float = Field(3e-4, gt=0.0)
-    batch_size: int = Field(256, ge=1)
-    n_critics: int = Field(1, ge=1)
     action_flexibility: float = Field(0.3, gt=0.0, le=1.0)
     beta: float = Field(0.01, ge=0.0)
-    target_update_interval: int = Field(1_000, ge=1)
     share_encoder: bool = True
-    lr_schedule: Literal["constant", "cosine"] = "cosine"
 
 
 class BCQConfig(AgentConfig):
