@@ -59,8 +59,9 @@ from simulator import (
 from simulator.policies import TargetingRule
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
-RewardScale = float | str | None
-REWARD_SCALE: list[RewardScale] = [None]
+TRAIN_FIELDS: dict[str, Any] = {}
+"""Top-level ``[train]`` fields set on the command line (``--reward-scale``, ``--reward-source``)
+that every ``train_config`` of this run carries."""
 CONTINUOUS = ("cql", "bcq", "bc")
 
 
@@ -95,7 +96,7 @@ def train_config(
             "checkpoint_every": steps,
             "log_every": max(steps // 20, 1),
             "split": "none",
-            **({"reward_scale": REWARD_SCALE[0]} if REWARD_SCALE[0] is not None else {}),
+            **TRAIN_FIELDS,
             agent: table,
         }
     )
@@ -350,17 +351,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="gradient steps (discrete)")
     parser.add_argument("--continuous-steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1 (default 0)")
     parser.add_argument("--discrete-only", action="store_true")
     parser.add_argument(
         "--reward-scale", type=reward_scale_arg, default=None,
         help="[train] reward_scale: a number, auto (the default), std or max",
     )
+    parser.add_argument(
+        "--reward-source", choices=("logged", "expected"), default=None,
+        help="[train] reward_source of the agents that learn a Q-function (default the config's)",
+    )
     parser.add_argument("--cql-alpha", type=float, default=None,
-                        help="DiscreteCQL's alpha (default the agent's, 1.0)")
+                        help="DiscreteCQL's alpha (default the agent's, 0.01)")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                         help="every agent's lr_schedule (default the agents' default)")
     parser.add_argument(
-        "--agents", nargs="*", default=None, help="subset of the agents to train (default: all)"
+        "--agents", nargs="*", default=None, choices=sorted(set(DISCRETE + CONTINUOUS)),
+        help="subset of the agents to train (default: all)",
     )
     parser.add_argument(
         "--diagnostics",
@@ -388,12 +396,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    REWARD_SCALE[0] = args.reward_scale
+    if args.reward_scale is not None:
+        TRAIN_FIELDS["reward_scale"] = args.reward_scale
+    if args.reward_source is not None:
+        TRAIN_FIELDS["reward_source"] = args.reward_source
     users = args.users or (2_000 if args.small else 50_000)
     eval_users = args.eval_users or (2_000 if args.small else 40_000)
     steps = args.steps or (3_000 if args.small else 10_000)
     c_steps = args.continuous_steps or (300 if args.small else 2_000)
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     options: dict[str, dict[str, Any]] = {a: {} for a in (*DISCRETE, *CONTINUOUS)}
     if args.lr_schedule:
         for table in options.values():
@@ -404,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
         f"continuous_steps={c_steps} seeds={seeds} torch_threads=1 "
         f"world={world(args.expectation_rise).model_dump()} "
-        f"logging_discount_bias={args.logging_discount_bias} reward_scale={args.reward_scale} "
+        f"logging_discount_bias={args.logging_discount_bias} train={TRAIN_FIELDS} "
         f"agent options={ {k: v for k, v in options.items() if v} }"
     )
     with tempfile.TemporaryDirectory() as tmp:

@@ -85,6 +85,14 @@ class TrainConfig(BaseModel):
     ``"auto"``: ``"max"`` for the agents whose critic d3rlpy fits with the Huber loss
     (DiscreteCQL, DiscreteBCQ), ``"std"`` for the others (squared loss, or no critic). A number:
     that multiplier."""
+    reward_source: Literal["auto", "logged", "expected"] = "auto"
+    """The reward in the TD targets of the agents that learn a Q-function (BC ignores it).
+    ``logged``: the logged reward. ``expected``: the response model's out-of-fold ``E[reward |
+    state, action]`` (``crossfit_expected_rewards``: 2 folds of episodes, the
+    ``[train.response]`` model), the same expectation with far less variance where a reward is
+    a rare purchase (``offline_rl/README.md``, "Does it learn?"). ``auto``: ``expected`` for
+    DiscreteCQL and DiscreteBCQ, ``logged`` for the continuous agents (not measured with
+    expected rewards). Validation metrics keep the logged reward."""
     gamma: float | None = Field(None, gt=0.0, le=1.0)
     """Discount factor; ``None`` takes the manifest's ``gamma``."""
     split: Literal["time", "episode", "none"] = "time"

@@ -51,6 +51,7 @@ from offline_rl.fast_loop import (
     compile_update,
     to_tensors,
 )
+from offline_rl.response import crossfit_expected_rewards
 from offline_rl.splits import split
 
 log = structlog.get_logger(__name__)
@@ -119,6 +120,16 @@ def reward_multiplier(
         return 1.0
     size = float(np.abs(rewards).max()) if scale == "max" else float(np.std(rewards))
     return 1.0 / size if size > 1e-12 else 1.0
+
+
+def reward_source(config: TrainConfig, agent: AgentConfig) -> str:
+    """The reward ``agent`` trains on: ``logged`` or ``expected`` (``[train] reward_source``,
+    ``auto`` resolved per agent; always ``logged`` for an agent without a Q-function)."""
+    if not agent.learns_values:
+        return "logged"
+    if config.reward_source == "auto":
+        return agent.auto_reward_source
+    return config.reward_source
 
 
 def warm_start(algo: Any, artifact: Path, agent: str, manifest: TransitionManifest) -> None:
@@ -342,6 +353,7 @@ def _fingerprint(
         "agent_config": agent.model_dump(),
         "seed": config.seed,
         "reward_scale": config.reward_scale,
+        "reward_source": reward_source(config, agent),
         "gamma": config.gamma,
         "split": [config.split, config.valid_fraction],
         "fast_loop": config.fast_loop,
@@ -391,6 +403,9 @@ def train_on_frame(
     gamma = config.gamma if config.gamma is not None else manifest.gamma
 
     train_frame, valid_frame = split(frame, config.split, config.valid_fraction, config.seed)
+    reward_info: dict[str, Any] = {"source": "logged"}
+    if reward_source(config, agent) == "expected":
+        train_frame, reward_info = _expected_rewards(train_frame, manifest, config)
     train_arrays = to_arrays(train_frame, manifest)
     if train_arrays.n_transitions == 0:
         raise TrainingError("no training transitions (every episode is a one-step timeout?)")
@@ -477,6 +492,7 @@ def train_on_frame(
             "train_episodes": train_arrays.n_episodes,
             "valid_episodes": valid_arrays.n_episodes if valid_arrays else 0,
             "behaviour_check": behaviour,
+            "reward_source": reward_info,
         },
         split_info={
             "split": config.split,
@@ -496,6 +512,32 @@ def train_on_frame(
         resumed_from=resumed_from,
         algo=algo,
     )
+
+
+def _expected_rewards(
+    frame: pl.DataFrame, manifest: TransitionManifest, config: TrainConfig
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """``frame`` with its rewards replaced by the out-of-fold expected rewards, and what the
+    artifact's metrics record of them (the spread before and after, the out-of-fold R^2)."""
+    began = time.perf_counter()
+    logged = frame["reward"].to_numpy().astype(np.float64)
+    expected = crossfit_expected_rewards(frame, manifest, config.response, seed=config.seed)
+    spread = float(np.var(logged))
+    info: dict[str, Any] = {
+        "source": "expected",
+        "folds": 2,
+        "logged_mean": float(logged.mean()) if len(logged) else 0.0,
+        "expected_mean": float(expected.mean()) if len(expected) else 0.0,
+        "logged_std": float(np.sqrt(spread)),
+        "expected_std": float(np.std(expected)) if len(expected) else 0.0,
+        "expected_max_abs": float(np.abs(expected).max()) if len(expected) else 0.0,
+        "out_of_fold_r2": (
+            float(1.0 - np.mean((logged - expected) ** 2) / spread) if spread > 0 else 0.0
+        ),
+    }
+    log.info("expected_rewards", seconds=round(time.perf_counter() - began, 1), **info)
+    dtype = frame.schema["reward"]
+    return frame.with_columns(pl.Series("reward", expected).cast(dtype)), info
 
 
 def _behaviour_check(

@@ -26,6 +26,10 @@ class AgentConfig(BaseModel):
     name: ClassVar[str] = ""
     discrete: ClassVar[bool] = True
     d3rlpy_name: ClassVar[str] = ""
+    learns_values: ClassVar[bool] = True
+    """Whether the agent fits a Q-function from rewards (behaviour cloning does not)."""
+    auto_reward_source: ClassVar[Literal["logged", "expected"]] = "logged"
+    """What ``[train] reward_source = "auto"`` means for this agent."""
     huber_critic: ClassVar[bool] = False
     """Whether d3rlpy fits this agent's critic with the Huber TD loss (threshold 1 training
     unit): its rewards are scaled by 1 / max |reward| under ``reward_scale = "auto"``."""
@@ -108,10 +112,13 @@ class DiscreteQLearningConfig(AgentConfig):
     rate is annealed to 0 over the run (``lr_schedule = "cosine"``): with a constant rate the last
     Adam iterate's per-tier values wander by tenths of a euro, the size of the differences the
     agent has to rank. d3rlpy fits their critics with the Huber TD loss (``huber_critic``).
+    Their TD targets use the response model's expected reward under ``reward_source = "auto"``
+    (``auto_reward_source``): the logged purchases' noise otherwise drowns the tier effects.
     """
 
     discrete: ClassVar[bool] = True
     huber_critic: ClassVar[bool] = True
+    auto_reward_source: ClassVar[Literal["logged", "expected"]] = "expected"
 
     learning_rate: float = Field(3e-4, gt=0.0)
     batch_size: int = Field(256, ge=1)

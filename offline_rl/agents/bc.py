@@ -15,6 +15,7 @@ class DiscreteBCConfig(AgentConfig):
     name: ClassVar[str] = "discrete_bc"
     discrete: ClassVar[bool] = True
     d3rlpy_name: ClassVar[str] = "DiscreteBCConfig"
+    learns_values: ClassVar[bool] = False
 
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(256, ge=1)
@@ -27,6 +28,7 @@ class BCConfig(AgentConfig):
     name: ClassVar[str] = "bc"
     discrete: ClassVar[bool] = False
     d3rlpy_name: ClassVar[str] = "BCConfig"
+    learns_values: ClassVar[bool] = False
 
     learning_rate: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(100, ge=1)

@@ -11,17 +11,20 @@ from offline_rl.agents.base import AgentConfig, DiscreteQLearningConfig
 
 class DiscreteCQLConfig(DiscreteQLearningConfig):
     """d3rlpy ``DiscreteCQLConfig`` with the defaults of ``DiscreteQLearningConfig`` (batch 256,
-    learning rate 3e-4 annealed to 0, target sync every 1,000 steps) and ``alpha`` 0.1."""
+    learning rate 3e-4 annealed to 0, target sync every 1,000 steps) and ``alpha`` 0.01."""
 
     name: ClassVar[str] = "discrete_cql"
     d3rlpy_name: ClassVar[str] = "DiscreteCQLConfig"
 
-    alpha: float = Field(0.1, ge=0.0)
+    alpha: float = Field(0.01, ge=0.0)
     """Weight of the conservative penalty (logsumexp Q minus Q of the logged action), in
     training reward units: how far it moves the Q-values in currency grows as 1 / the reward
-    multiplier. 0.1 (d3rlpy: 1.0) goes with the default ``reward_scale`` (1 / max |reward|, about
-    1/190 EUR on the simulated shop): at 1.0 it would outweigh the differences between tiers
-    hundreds of times over, and the agent would only copy the most logged tier."""
+    multiplier. 0.01 (d3rlpy: 1.0) goes with the defaults ``reward_scale`` (1 / max |reward|)
+    and ``reward_source`` (expected rewards, whose largest is about 40 EUR on the simulated
+    shop): a penalty of the order of a few tenths of a euro, the size of the differences between
+    tiers. At 1.0 it would outweigh them hundreds of times over and the agent would only copy
+    the most logged tier; 0.1 did worse than 0.01 on the simulator (``offline_rl/README.md``,
+    "Does it learn?")."""
 
 
 class CQLConfig(AgentConfig):

@@ -69,7 +69,7 @@ def test_the_critic_estimates_the_mean_only_inside_the_huber_zone(
     frame, manifest = _purchase_bandit()
     config = TrainConfig.model_validate({
         "agent": "discrete_cql", "n_steps": 1500, "checkpoint_every": 1500, "log_every": 500,
-        "split": "none", "reward_scale": scale, "seed": 0,
+        "split": "none", "reward_scale": scale, "seed": 0, "reward_source": "logged",
         "discrete_cql": {"alpha": 0.0, "hidden_units": [16], "lr_schedule": "cosine",
                          "learning_rate": 1e-3},
     })
