@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -231,7 +232,8 @@ def main() -> None:
             scale = args.resamples / args.obp_resamples
             obp_boot = obp["bootstrap_cpu"] * scale
             cpu_point, cpu_boot = CPU_SECONDS[3], CPU_SECONDS[4]
-            ours = dict(zip(["ipw", "snipw", "dm", "dr", "sndr"], ours_vals, strict=True))  # type: ignore[arg-type]
+            values = cast(list[float], ours_vals)
+            ours = dict(zip(["ipw", "snipw", "dm", "dr", "sndr"], values, strict=True))
             same = all(abs(ours[k] - obp["values"][k]) < 1e-8 for k in ours)
             print("| obp 0.4.1 vs ours, one-step, same data (CPU s) | obp | ours | obp / ours |")
             print("|---|---:|---:|---:|")

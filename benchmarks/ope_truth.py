@@ -218,7 +218,7 @@ def simulator_sweep(
                 world_specs[f"artifact:{trained.artifact}#epsilon=0.3"] = None
                 policies[f"artifact:{trained.artifact}#epsilon=0.3"] = _epsilon_soft(agent, 0.3)
                 hook = ObservationBuilder.from_manifest(root / "etl" / "_manifest.json")
-            ecfg = EvaluateConfig(estimators=names)  # type: ignore[arg-type]
+            ecfg = EvaluateConfig(estimators=names)
             ecfg.bootstrap.n_resamples = resamples
             result = evaluate_candidates(root / "etl", list(world_specs), config=ecfg)
             for spec, k in world_specs.items():

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     for what, scenario, space, n_users in cases:
-        cfg = SimulatorConfig(scenario=scenario, action_space=space, n_users=n_users,  # type: ignore[arg-type]
+        cfg = SimulatorConfig(scenario=scenario, action_space=space, n_users=n_users,
                               seed=args.seed)
         t0, c0 = time.perf_counter(), time.process_time()
         if what == "simulate":
