@@ -122,6 +122,29 @@ def make_transitions(
     return frame, manifest
 
 
+def make_purchase_bandit(
+    n_episodes: int,
+    buy_probability: Any,
+    *,
+    purchase: float = 30.0,
+    n_features: int = 4,
+    seed: int = 0,
+) -> tuple[pl.DataFrame, TransitionManifest]:
+    """One-step episodes of ``make_transitions`` whose reward is a purchase worth ``purchase``
+    with a probability that depends on the action only (``buy_probability``: one number, or one
+    per action), else 0: ``E[r | s, a] = purchase * buy_probability[a]`` in every state. The
+    shape of promotion rewards (mostly nothing, sometimes an order), with a closed form."""
+    p = np.asarray(buy_probability, dtype=np.float64).reshape(-1)
+    n_actions = 3 if p.size == 1 else p.size
+    frame, manifest = make_transitions(
+        n_episodes, n_features=n_features, n_actions=n_actions, max_len=1, seed=seed
+    )
+    rng = np.random.default_rng(seed + 7)
+    chance = np.broadcast_to(p, (n_actions,))[frame["action"].to_numpy()]
+    reward = np.where(rng.random(frame.height) < chance, purchase, 0.0)
+    return frame.with_columns(pl.Series("reward", reward)), manifest
+
+
 def write_dataset(frame: pl.DataFrame, manifest: TransitionManifest, out: Any) -> None:
     """Write ``frame`` and its manifest in the ETL's layout (partitioned by decision date)."""
     import json

@@ -22,7 +22,7 @@ from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
 from offline_rl.errors import TrainingError
 from offline_rl.response import ResponseModel, crossfit_expected_rewards
-from offline_rl.synthetic import make_transitions
+from offline_rl.synthetic import make_purchase_bandit, make_transitions
 from offline_rl.train import reward_source, train_on_frame
 
 PURCHASE = 30.0
@@ -30,14 +30,9 @@ P_BUY = np.array([0.05, 0.10, 0.20])  # per action: expected rewards 1.5, 3, 6
 
 
 def _purchase_bandit(n: int = 24000) -> tuple[pl.DataFrame, TransitionManifest]:
-    """One-step episodes whose reward is a purchase worth 30 with a probability that depends on
-    the action only: E[r | s, a] = 30 * P_BUY[a] in every state. Large enough (12,000 rows a
-    fold) for the response model's early stopping (sklearn's "auto": over 10,000 rows)."""
-    frame, manifest = make_transitions(n, n_features=4, n_actions=3, max_len=1, seed=3)
-    rng = np.random.default_rng(8)
-    p = P_BUY[frame["action"].to_numpy()]
-    reward = np.where(rng.random(frame.height) < p, PURCHASE, 0.0)
-    return frame.with_columns(pl.Series("reward", reward)), manifest
+    """E[r | s, a] = 30 * P_BUY[a] in every state. Large enough (12,000 rows a fold) for the
+    response model's early stopping (sklearn's "auto": over 10,000 rows)."""
+    return make_purchase_bandit(n, P_BUY, purchase=PURCHASE, seed=3)
 
 
 def test_expected_rewards_recover_the_conditional_mean_with_less_spread() -> None:

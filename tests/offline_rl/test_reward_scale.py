@@ -19,7 +19,7 @@ from offline_rl.agents import (
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
-from offline_rl.synthetic import make_transitions
+from offline_rl.synthetic import make_purchase_bandit, make_transitions
 from offline_rl.train import reward_multiplier, train_on_frame
 
 PURCHASE = 30.0
@@ -29,10 +29,7 @@ P_BUY = 0.1
 def _purchase_bandit() -> tuple[pl.DataFrame, TransitionManifest]:
     """One-step episodes whose reward is a purchase worth 30 with probability 0.1, else 0,
     whatever the state and the action: every Q(s, a) should be the mean, 3."""
-    frame, manifest = make_transitions(8000, n_features=4, n_actions=3, max_len=1, seed=11)
-    rng = np.random.default_rng(5)
-    reward = np.where(rng.random(frame.height) < P_BUY, PURCHASE, 0.0)
-    return frame.with_columns(pl.Series("reward", reward)), manifest
+    return make_purchase_bandit(8000, P_BUY, purchase=PURCHASE, seed=11)
 
 
 def test_reward_multiplier_choices() -> None:
