@@ -56,6 +56,10 @@ from offline_rl.splits import split
 
 log = structlog.get_logger(__name__)
 
+EXPECTED_REWARD_FOLDS = 2
+"""Folds of episodes of ``reward_source = "expected"``: each half predicted by the other's
+response model (more folds fit more models for a little more data each)."""
+
 CHECKPOINTS = "checkpoints"
 
 
@@ -519,18 +523,22 @@ def _expected_rewards(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """``frame`` with its rewards replaced by the out-of-fold expected rewards, and what the
     artifact's metrics record of them (the spread before and after, the out-of-fold R^2)."""
+    if frame.height == 0:  # nothing to fit; the caller refuses an empty training split
+        return frame, {"source": "expected", "folds": EXPECTED_REWARD_FOLDS}
     began = time.perf_counter()
     logged = frame["reward"].to_numpy().astype(np.float64)
-    expected = crossfit_expected_rewards(frame, manifest, config.response, seed=config.seed)
+    expected = crossfit_expected_rewards(
+        frame, manifest, config.response, n_folds=EXPECTED_REWARD_FOLDS, seed=config.seed
+    )
     spread = float(np.var(logged))
     info: dict[str, Any] = {
         "source": "expected",
-        "folds": 2,
-        "logged_mean": float(logged.mean()) if len(logged) else 0.0,
-        "expected_mean": float(expected.mean()) if len(expected) else 0.0,
+        "folds": EXPECTED_REWARD_FOLDS,
+        "logged_mean": float(logged.mean()),
+        "expected_mean": float(expected.mean()),
         "logged_std": float(np.sqrt(spread)),
-        "expected_std": float(np.std(expected)) if len(expected) else 0.0,
-        "expected_max_abs": float(np.abs(expected).max()) if len(expected) else 0.0,
+        "expected_std": float(np.std(expected)),
+        "expected_max_abs": float(np.abs(expected).max()),
         "out_of_fold_r2": (
             float(1.0 - np.mean((logged - expected) ** 2) / spread) if spread > 0 else 0.0
         ),

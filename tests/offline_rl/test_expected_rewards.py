@@ -72,6 +72,7 @@ def test_expected_rewards_are_out_of_fold() -> None:
     # a single episode cannot be split: fitted and predicted in sample, no error
     one = frame.filter(pl.col("episode_id") == frame["episode_id"][0])
     assert crossfit_expected_rewards(one, manifest).shape == (one.height,)
+    assert crossfit_expected_rewards(frame.head(0), manifest).shape == (0,)
 
 
 def _config(agent: str, source: str, n_steps: int = 1500) -> TrainConfig:
