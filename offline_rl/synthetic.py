@@ -131,9 +131,10 @@ def make_purchase_bandit(
     seed: int = 0,
 ) -> tuple[pl.DataFrame, TransitionManifest]:
     """One-step episodes of ``make_transitions`` whose reward is a purchase worth ``purchase``
-    with a probability that depends on the action only (``buy_probability``: one number, or one
-    per action), else 0: ``E[r | s, a] = purchase * buy_probability[a]`` in every state. The
-    shape of promotion rewards (mostly nothing, sometimes an order), with a closed form."""
+    with a probability that depends on the action only (``buy_probability``: one number for
+    three actions, or one per action), else 0: ``E[r | s, a] = purchase * buy_probability[a]``
+    in every state. The shape of promotion rewards (mostly nothing, sometimes an order), with a
+    closed form."""
     p = np.asarray(buy_probability, dtype=np.float64).reshape(-1)
     n_actions = 3 if p.size == 1 else p.size
     frame, manifest = make_transitions(

@@ -20,7 +20,7 @@ class DiscreteCQLConfig(DiscreteQLearningConfig):
     """Weight of the conservative penalty (logsumexp Q minus Q of the logged action), in
     training reward units: how far it moves the Q-values in currency grows as 1 / the reward
     multiplier. 0.01 (d3rlpy: 1.0) goes with the defaults ``reward_scale`` (1 / max |reward|)
-    and ``reward_source`` (expected rewards, whose largest is about 40 EUR on the simulated
+    and ``reward_source`` (expected rewards, whose largest is about 34 EUR on the simulated
     shop): a penalty of the order of a few tenths of a euro, the size of the differences between
     tiers. At 1.0 it would outweigh them hundreds of times over and the agent would only copy
     the most logged tier; 0.1 did worse than 0.01 on the simulator (``offline_rl/README.md``,
