@@ -178,11 +178,11 @@ def main(argv: list[str] | None = None) -> int:
             table: dict[str, Any] = {"alpha": alpha}
             if args.lr_schedule:
                 table["lr_schedule"] = args.lr_schedule
-            config = train_config("discrete_cql", args.steps, args.seed, None, table)
-            config = config.model_copy(update={
-                k: v for k, v in (("gamma", critic_gamma), ("reward_scale", args.reward_scale))
-                if v is not None
-            })
+            # the logged rewards (or returns): this measures what the critic makes of them
+            fields = {k: v for k, v in (("gamma", critic_gamma),
+                                        ("reward_scale", args.reward_scale)) if v is not None}
+            config = train_config("discrete_cql", args.steps, args.seed, None, table,
+                                  {"reward_source": "logged", **fields})
             trained = train_on_frame(frame, manifest, Path(tmp) / f"alpha{alpha}", config,
                                      progress=False)
             policy = load_policy(trained.artifact)

@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     trees = ResponseModel.for_manifest(manifest).fit(obs, frame["action"].to_numpy(), ret)
     picks = {"trees": trees.predict_all_actions(s0).argmax(1)}
     with tempfile.TemporaryDirectory() as tmp:
-        config = train_config("discrete_cql", args.steps, args.seed, None, {"alpha": 0.0})
-        config = config.model_copy(update={"gamma": 1e-6})
+        # a regression of the logged returns themselves (not of a model's expectation of them)
+        config = train_config("discrete_cql", args.steps, args.seed, None, {"alpha": 0.0},
+                              {"gamma": 1e-6, "reward_source": "logged"})
         trained = train_on_frame(frame.with_columns(pl.Series("reward", ret)), manifest,
                                  Path(tmp) / "critic", config, progress=False)
         picks["network"] = load_policy(trained.artifact).predict(s0)

@@ -59,9 +59,6 @@ from simulator import (
 from simulator.policies import TargetingRule
 
 DISCRETE = ("discrete_cql", "discrete_bcq", "discrete_bc")
-TRAIN_FIELDS: dict[str, Any] = {}
-"""Top-level ``[train]`` fields set on the command line (``--reward-scale``, ``--reward-source``)
-that every ``train_config`` of this run carries."""
 CONTINUOUS = ("cql", "bcq", "bc")
 
 
@@ -84,7 +81,10 @@ def train_config(
     seed: int,
     hidden: list[int] | None,
     overrides: dict[str, Any] | None = None,
+    train_fields: dict[str, Any] | None = None,
 ) -> TrainConfig:
+    """The benchmarks' ``[train]`` config: ``overrides`` go to the agent's table,
+    ``train_fields`` are top-level keys (``reward_scale``, ``reward_source``, ``gamma``)."""
     table: dict[str, Any] = dict(overrides or {})
     if hidden is not None:
         table["hidden_units"] = hidden
@@ -96,7 +96,7 @@ def train_config(
             "checkpoint_every": steps,
             "log_every": max(steps // 20, 1),
             "split": "none",
-            **TRAIN_FIELDS,
+            **(train_fields or {}),
             agent: table,
         }
     )
@@ -127,9 +127,11 @@ def run_space(
     response: PromotionResponse | None = None,
     bias: float = 0.0,
     options: dict[str, dict[str, Any]] | None = None,
+    train_fields: dict[str, Any] | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """``options``: per agent name, fields of its ``[train.<agent>]`` table (``--cql-alpha``,
-    ``--lr-schedule``)."""
+    ``--lr-schedule``); ``train_fields``: top-level ``[train]`` keys (``--reward-scale``,
+    ``--reward-source``)."""
     options = options or {}
     response = response or PromotionResponse()
     results: dict[str, list[dict[str, float]]] = {"logging": []}
@@ -219,7 +221,7 @@ def run_space(
                 etl.transitions,
                 manifest,
                 out / f"{space}_{seed}_{label}",
-                train_config(agent, steps, seed, hidden, overrides),
+                train_config(agent, steps, seed, hidden, overrides, train_fields),
                 progress=False,
             )
             policy = load_policy(trained.artifact)
@@ -396,10 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.reward_scale is not None:
-        TRAIN_FIELDS["reward_scale"] = args.reward_scale
-    if args.reward_source is not None:
-        TRAIN_FIELDS["reward_source"] = args.reward_source
+    train_fields = {
+        key: value
+        for key, value in (("reward_scale", args.reward_scale),
+                           ("reward_source", args.reward_source))
+        if value is not None
+    }
     users = args.users or (2_000 if args.small else 50_000)
     eval_users = args.eval_users or (2_000 if args.small else 40_000)
     steps = args.steps or (3_000 if args.small else 10_000)
@@ -415,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train_learns: users={users} eval_users={eval_users} discrete_steps={steps} "
         f"continuous_steps={c_steps} seeds={seeds} torch_threads=1 "
         f"world={world(args.expectation_rise).model_dump()} "
-        f"logging_discount_bias={args.logging_discount_bias} train={TRAIN_FIELDS} "
+        f"logging_discount_bias={args.logging_discount_bias} train={train_fields} "
         f"agent options={ {k: v for k, v in options.items() if v} }"
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -434,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 response=world(args.expectation_rise),
                 bias=args.logging_discount_bias,
                 options=options,
+                train_fields=train_fields,
             )
             summarise("discrete", res)
         if not args.discrete_only:
@@ -448,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                 out=Path(tmp),
                 response=world(args.expectation_rise),
                 options=options,
+                train_fields=train_fields,
             )
             summarise("continuous", res)
     return 0

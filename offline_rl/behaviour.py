@@ -28,11 +28,11 @@ from scipy import optimize, special
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GroupKFold
 
 from offline_rl.config import BehaviourConfig
 from offline_rl.data import TransitionManifest
 from offline_rl.errors import TrainingError
+from offline_rl.splits import crossfit_folds
 
 log = structlog.get_logger(__name__)
 
@@ -213,21 +213,12 @@ def fit_predict_crossfit(
     config = config or BehaviourConfig()
     x = np.asarray(observations, dtype=np.float64)
     a = np.asarray(actions)
-    g = np.asarray(groups)
     n = x.shape[0]
-    k = min(n_folds or config.n_folds, len(np.unique(g)))
     discrete = action_space["type"] == "discrete"
     prop = np.empty(n)
     probs = np.empty((n, int(action_space["n"]))) if discrete else None
     fold = np.zeros(n, dtype=np.int64)
-    if k < 2:
-        log.warning("crossfit_single_group_fitting_in_sample")
-        model = BehaviourModel(action_space, config).fit(x, a)
-        prop[:] = model.propensity(x, a)
-        if probs is not None:
-            probs[:] = model.predict_proba(x)
-        return CrossfitResult(prop, probs, fold)
-    for i, (fit_idx, pred_idx) in enumerate(GroupKFold(n_splits=k).split(x, groups=g)):
+    for i, (fit_idx, pred_idx) in enumerate(crossfit_folds(groups, n_folds or config.n_folds)):
         model = BehaviourModel(action_space, config).fit(x[fit_idx], a[fit_idx])
         prop[pred_idx] = model.propensity(x[pred_idx], a[pred_idx])
         if probs is not None:

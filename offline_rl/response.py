@@ -14,11 +14,11 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.model_selection import GroupKFold
 
 from offline_rl.config import ResponseConfig
 from offline_rl.data import TransitionManifest
 from offline_rl.errors import TrainingError
+from offline_rl.splits import crossfit_folds
 
 
 class ResponseModel:
@@ -157,21 +157,15 @@ def crossfit_expected_rewards(
     ``E[r | s, a] + gamma * max_a' Q(s', a')`` has the same expectation as the logged
     ``r + gamma * max_a' Q(s', a')`` when the model is right, and far less variance when the
     reward is a rare purchase (conditioning on ``(s, a)``: Rao-Blackwell). With a single episode
-    the model is fitted and predicted in sample.
+    the model is fitted and predicted in sample (``crossfit_folds``).
     """
     if frame.height == 0:
         return np.zeros(0)
     obs = np.asarray(frame["observation"].to_numpy(), dtype=np.float64)
     actions = frame["action"].to_numpy()  # (n,) indices, or (n, A) rates
     rewards = frame["reward"].to_numpy().astype(np.float64)
-    groups = frame["episode_id"].to_numpy()
-    k = min(n_folds, len(np.unique(groups)))
     out = np.empty(frame.height)
-    if k < 2:
-        model = ResponseModel.for_manifest(manifest, config, seed).fit(obs, actions, rewards)
-        out[:] = model.predict_reward(obs, actions)
-        return out
-    for fit_idx, pred_idx in GroupKFold(n_splits=k).split(obs, groups=groups):
+    for fit_idx, pred_idx in crossfit_folds(frame["episode_id"].to_numpy(), n_folds):
         model = ResponseModel.for_manifest(manifest, config, seed).fit(
             obs[fit_idx], actions[fit_idx], rewards[fit_idx]
         )

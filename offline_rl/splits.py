@@ -6,13 +6,35 @@ validation: the bootstrap targets of the validation rows would be trained on.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import polars as pl
 import structlog
+from numpy.typing import NDArray
+from sklearn.model_selection import GroupKFold
 
 from offline_rl.errors import TrainingError
 
 log = structlog.get_logger(__name__)
+
+
+def crossfit_folds(
+    groups: NDArray[Any], n_folds: int
+) -> list[tuple[NDArray[np.int64], NDArray[np.int64]]]:
+    """``(fit_rows, predict_rows)`` of each fold of cross-fitting, grouped by ``groups`` (episode
+    ids: an episode never lies on both sides). With fewer than two groups there is no held-out
+    fold: one fold fits and predicts every row, and a warning is logged."""
+    g = np.asarray(groups)
+    k = min(n_folds, len(np.unique(g)))
+    if k < 2:
+        log.warning("crossfit_single_group_fitting_in_sample")
+        rows = np.arange(len(g), dtype=np.int64)
+        return [(rows, rows)]
+    return [
+        (np.asarray(fit, dtype=np.int64), np.asarray(pred, dtype=np.int64))
+        for fit, pred in GroupKFold(n_splits=k).split(g, groups=g)
+    ]
 
 
 def split_by_episode(

@@ -19,7 +19,7 @@ import shutil
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import polars as pl
@@ -126,7 +126,7 @@ def reward_multiplier(
     return 1.0 / size if size > 1e-12 else 1.0
 
 
-def reward_source(config: TrainConfig, agent: AgentConfig) -> str:
+def reward_source(config: TrainConfig, agent: AgentConfig) -> Literal["logged", "expected"]:
     """The reward ``agent`` trains on: ``logged`` or ``expected`` (``[train] reward_source``,
     ``auto`` resolved per agent; always ``logged`` for an agent without a Q-function)."""
     if not agent.learns_values:
@@ -200,7 +200,13 @@ def build_algo(
 
 
 def validation_metrics(
-    algo: Any, arrays: TransitionArrays, gamma: float, multiplier: float, limit: int = 5_000
+    algo: Any,
+    arrays: TransitionArrays,
+    gamma: float,
+    multiplier: float,
+    limit: int = 5_000,
+    *,
+    learns_values: bool = True,
 ) -> dict[str, float]:
     """Cheap checks on held-out episodes (vectorised, at most ``limit`` transitions).
 
@@ -208,7 +214,8 @@ def validation_metrics(
     mean absolute gap to the logged action (continuous, ``action_mae``). For Q-learning agents:
     ``td_error`` (mean squared TD error with the greedy next action, d3rlpy's
     ``TDErrorEvaluator`` definition, scaled rewards) and ``initial_value`` (mean
-    Q(s0, pi(s0)) over the episodes' first steps, in currency units).
+    Q(s0, pi(s0)) over the episodes' first steps, in currency units); not for an agent without a
+    Q-function (``learns_values`` False: behaviour cloning).
     """
     if arrays.n_rows == 0:
         return {}
@@ -220,7 +227,7 @@ def validation_metrics(
         out["action_match"] = float(np.mean(greedy.reshape(-1) == arrays.actions[rows]))
     else:
         out["action_mae"] = float(np.mean(np.abs(greedy - arrays.actions[rows])))
-    if _is_bc(algo):
+    if not learns_values:
         return out
     nxt = arrays.next_rows[:limit]
     terminal = nxt < 0
@@ -236,15 +243,6 @@ def validation_metrics(
         v0 = algo.predict_value(s0, algo.predict(s0)).reshape(-1)
         out["initial_value"] = float(np.mean(v0) / multiplier)
     return out
-
-
-def _is_bc(algo: Any) -> bool:
-    """Behaviour cloning has no Q-function."""
-    from offline_rl._quiet import import_d3rlpy
-
-    d3rlpy = import_d3rlpy()
-
-    return isinstance(algo, (d3rlpy.algos.DiscreteBC, d3rlpy.algos.BC))
 
 
 class _Curves:
@@ -478,7 +476,12 @@ def train_on_frame(
     elapsed = max(time.perf_counter() - began, 1e-9)
     speed = (config.n_steps - start) / elapsed
 
-    validation = validation_metrics(algo, valid_arrays, gamma, multiplier) if valid_arrays else {}
+    validation = (
+        validation_metrics(algo, valid_arrays, gamma, multiplier,
+                           learns_values=agent.learns_values)
+        if valid_arrays
+        else {}
+    )
     behaviour = _behaviour_check(train_frame, valid_frame, manifest, config)
     artifact = write_artifact(
         out / agent.name,

@@ -9,14 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from offline_rl.agents import (
-    BCConfig,
-    BCQConfig,
-    CQLConfig,
-    DiscreteBCConfig,
-    DiscreteBCQConfig,
-    DiscreteCQLConfig,
-)
+from offline_rl.agents import AGENT_CONFIGS
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
@@ -121,10 +114,12 @@ def test_behaviour_cloning_keeps_logged_rewards_and_resume_checks_the_source(
 def test_auto_means_expected_for_the_discrete_q_learners_only() -> None:
     auto, logged, expected = (TrainConfig(reward_source=s) for s in ("auto", "logged", "expected"))
     assert TrainConfig().reward_source == "auto"
-    for agent, resolved in ((DiscreteCQLConfig(), "expected"), (DiscreteBCQConfig(), "expected"),
-                            (CQLConfig(), "logged"), (BCQConfig(), "logged"),
-                            (DiscreteBCConfig(), "logged"), (BCConfig(), "logged")):
-        assert reward_source(auto, agent) == resolved
+    resolved = {"discrete_cql": "expected", "discrete_bcq": "expected", "cql": "logged",
+                "bcq": "logged", "discrete_bc": "logged", "bc": "logged"}
+    assert set(resolved) == set(AGENT_CONFIGS)
+    for name, source in resolved.items():
+        agent = AGENT_CONFIGS[name]()
+        assert reward_source(auto, agent) == source
         assert reward_source(logged, agent) == "logged"
-        learns = not isinstance(agent, DiscreteBCConfig | BCConfig)
+        learns = name not in ("discrete_bc", "bc")  # behaviour cloning has no Q-function
         assert reward_source(expected, agent) == ("expected" if learns else "logged")
