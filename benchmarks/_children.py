@@ -50,6 +50,7 @@ def simulate_child(args: argparse.Namespace, events_per_user: float) -> dict[str
     """Child step: simulate about ``args.rows`` raw events (promotion, 28 days) under
     ``args.out``; with ``args.dirty`` (when the benchmark has that flag) every kind of dirt is
     on (anonymous sessions, bots, duplicates, late and out-of-order rows, reversals)."""
+    from benchmarks._world import ARRIVAL_DAYS
     from simulator.config import DirtConfig, SimulatorConfig
     from simulator.logs import simulate, write_raw_logs
 
@@ -57,6 +58,7 @@ def simulate_child(args: argparse.Namespace, events_per_user: float) -> dict[str
     per_user = DIRTY_EVENTS_PER_USER if dirty else events_per_user
     n_users = max(50, round(args.rows / per_user))
     dirt = DirtConfig.all_on() if dirty else DirtConfig()
-    logs = simulate(SimulatorConfig(n_users=n_users, days=28, seed=0, dirt=dirt))
+    config = SimulatorConfig(n_users=n_users, days=28, seed=0, dirt=dirt, arrival_days=ARRIVAL_DAYS)
+    logs = simulate(config)
     write_raw_logs(logs, args.out, truth=False)
     return {"events_in": logs.events.height}

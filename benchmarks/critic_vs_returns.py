@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from benchmarks._world import ARRIVAL_DAYS
 from benchmarks.train_learns import returns_to_go, reward_scale_arg, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
@@ -115,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete",
-                          logging_discount_bias=args.logging_discount_bias)
+                          logging_discount_bias=args.logging_discount_bias,
+                          arrival_days=ARRIVAL_DAYS)
     logs = simulate(sim)
     etl = build_transitions(logs.events, logs.orders, EtlConfig())
     frame = etl.transitions.sort("episode_id", "step")

@@ -24,6 +24,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from benchmarks._world import ARRIVAL_DAYS
 from benchmarks.train_learns import CHANNELS, DEVICES, context_cells, returns_to_go, train_config
 from etl.config import EtlConfig
 from etl.pipeline import build_transitions
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete",
-                          logging_discount_bias=args.logging_discount_bias)
+                          logging_discount_bias=args.logging_discount_bias,
+                          arrival_days=ARRIVAL_DAYS)
     truth = true_first_visit_values(sim, args.rollout_users, 10_000 + args.seed)
 
     logs = simulate(sim)

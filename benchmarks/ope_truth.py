@@ -174,6 +174,7 @@ def simulator_sweep(
     import tempfile
     from pathlib import Path
 
+    from benchmarks._world import ARRIVAL_DAYS
     from etl.pipeline import run_etl
     from evaluation.config import EvaluateConfig
     from evaluation.evaluate import evaluate_candidates
@@ -192,7 +193,7 @@ def simulator_sweep(
     rows: dict[tuple[str, str], list[tuple[float, ...]]] = {}
     start = time.perf_counter()
     for w in tqdm(range(n_worlds), desc="simulator worlds"):
-        cfg = SimulatorConfig(n_users=2000, seed=500 + w)
+        cfg = SimulatorConfig(n_users=2000, seed=500 + w, arrival_days=ARRIVAL_DAYS)
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             write_raw_logs(simulate(cfg), root / "raw")

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from benchmarks._world import world
+from benchmarks._world import ARRIVAL_DAYS, world
 from simulator import TIERS, RolloutResult, SimulatorConfig, TargetingRule, logging_policy, rollout
 
 N_CELLS = 48
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default 0.4)")
     args = parser.parse_args(argv)
     sim = SimulatorConfig(n_users=args.users, seed=args.seed, action_space="discrete",
-                          promotion_response=world(args.expectation_rise))
+                          promotion_response=world(args.expectation_rise),
+                          arrival_days=ARRIVAL_DAYS)
     t0 = time.perf_counter()
     print(f"promotion_headroom: {args.users} users per rollout, world "
           f"{sim.promotion_response.model_dump()}, search on rollout seed "

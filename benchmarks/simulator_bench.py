@@ -12,6 +12,7 @@ import time
 
 import structlog
 
+from benchmarks._world import ARRIVAL_DAYS
 from simulator import SimulatorConfig, constant_action, rollout, simulate
 
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for what, scenario, space, n_users in cases:
         cfg = SimulatorConfig(scenario=scenario, action_space=space, n_users=n_users,
-                              seed=args.seed)
+                              seed=args.seed, arrival_days=ARRIVAL_DAYS)
         t0, c0 = time.perf_counter(), time.process_time()
         if what == "simulate":
             logs = simulate(cfg)

@@ -39,7 +39,7 @@ import polars as pl
 import torch
 from scipy import stats
 
-from benchmarks._world import world
+from benchmarks._world import ARRIVAL_DAYS, world
 from etl.config import EtlConfig
 from etl.features import ObservationBuilder
 from etl.pipeline import build_transitions
@@ -137,7 +137,8 @@ def run_space(
     results: dict[str, list[dict[str, float]]] = {"logging": []}
     for seed in seeds:
         sim = SimulatorConfig(n_users=users, seed=seed, action_space=space,
-                              promotion_response=response, logging_discount_bias=bias)
+                              promotion_response=response, logging_discount_bias=bias,
+                              arrival_days=ARRIVAL_DAYS)
         t0 = time.perf_counter()
         logs = simulate(sim)
         etl = build_transitions(logs.events, logs.orders, EtlConfig())

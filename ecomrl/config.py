@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ecomrl.errors import ConfigError
 from etl.config import EtlConfig
 from evaluation.config import ApprovalConfig, EvaluateConfig
-from offline_rl.config import TrainConfig
+from offline_rl.config import CertifyConfig, TrainConfig
 from simulator.config import SimulatorConfig
 
 
@@ -31,8 +31,21 @@ class RunConfig(BaseModel):
     """The transition dataset the nightly ETL keeps up to date (default: ``<runs_dir>/dataset``)."""
     runs_dir: Path = Path("runs")
     """One folder per run date (``runs/D/``), plus the approvals record and the lock."""
+    holdout: Literal["users", "time"] = "users"
+    """``users``: a fixed share of users (by a hash of ``user_id``) is never trained on and
+    their complete first episodes are the held-out sample; ``time``: episodes starting in the
+    last ``eval_days`` days are held out (cut at the run date)."""
+    holdout_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    """``holdout = "users"``: the share of users held out."""
+    eval_episodes: Literal["first", "all"] = "first"
+    """Evaluate on each held-out user's first episode (the value per new user that deployment
+    changes), or on every held-out episode."""
+    eval_min_age_days: float | None = Field(None, ge=0.0)
+    """``holdout = "users"``: only episodes that started at least this many days before the
+    run date are evaluated, so that none is cut by the end of the data. None: the ETL's
+    episode horizon (``[etl].horizon_days``)."""
     eval_days: int = Field(7, ge=1)
-    """Episodes starting in the last ``eval_days`` days up to the run date are held out for OPE."""
+    """``holdout = "time"``: episodes starting in the last ``eval_days`` days are held out."""
     warm_start: bool = False
     """Start the candidate's training from the production policy's weights, when there is one."""
     bc_baseline: bool = True
@@ -51,6 +64,7 @@ class EcomrlConfig(BaseModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)
+    certify: CertifyConfig = Field(default_factory=CertifyConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
 

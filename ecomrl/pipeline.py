@@ -4,15 +4,21 @@
 
 1. **ETL** of day ``D`` into the transition dataset ``[run].dataset`` (a backfill of every day
    up to ``D`` when the dataset does not exist yet), replacing that day's partition atomically.
-2. **split**: episodes that start in the last ``[run].eval_days`` days up to ``D`` are held out
-   for evaluation; older episodes train. Nothing after ``D`` is used.
-3. **train** the candidate (``[train]``; warm-started from the policy in production when
-   ``[run].warm_start``)
-   and, as a baseline, behaviour cloning.
-4. **evaluate** the candidate, the production policy (the last policy approved by a run of an
-   earlier date, else the logging policy itself), behaviour cloning and the configured rule
-   baselines off-policy on the held-out episodes (``[evaluate]``, ``[approval]``).
-5. **report** (HTML, Markdown, JSON) and ``run.json`` with the verdict and the exit code.
+2. **split** (``ecomrl.holdout``): a fixed share of users (by a hash of ``user_id``) is held out;
+   their complete first episodes (started at least ``[run].eval_min_age_days`` before ``D``)
+   are the unbiased sample the gate tests. The other users split into a fitting part and a
+   selection part. Nothing after ``D`` is used. (``[run].holdout = "time"``: the last
+   ``eval_days`` days are held out instead.)
+3. **train** the agent (``[train]``; warm-started from the policy in production when
+   ``[run].warm_start``) and, as a baseline, behaviour cloning, on the fitting users.
+4. **certify** (``ecomrl.certify``, discrete agents): build the family of candidates between the
+   logging policy and the agent (mixtures, SPIBB, Soft-SPIBB), score every member on the
+   selection users and pick the one with the highest predicted lower bound (HCPI).
+5. **evaluate** the pick (named ``candidate``), the unconstrained agent, the production policy
+   (the last policy approved by a run of an earlier date), behaviour cloning and the rule
+   baselines off-policy on the held-out episodes; the gate tests the paired improvement over the
+   logging policy (``[evaluate]``, ``[approval]``).
+6. **report** (HTML, Markdown, JSON) and ``run.json`` with the verdict and the exit code.
 
 Everything is built in a scratch folder and published as ``runs/D/`` in one rename, under a lock
 on the runs folder, so two runs cannot collide and a killed run leaves the previous good state.
@@ -25,15 +31,26 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import structlog
 
+from ecomrl.certify import build_family, choose_certified, selection_data
 from ecomrl.config import EcomrlConfig
+from ecomrl.holdout import RunSplit, split_by_time, split_by_users
 from ecomrl.runs import run_lock, staged_directory
+from etl import run_etl
+from evaluation.candidates import load_artifact
+from evaluation.data import TransitionsDataset
+from evaluation.evaluate import EvaluationResult, evaluate_candidates
+from evaluation.report import render_report, report_inputs_from_run
+from offline_rl import TrainConfig, load_transitions, train_on_frame
+from offline_rl.certified import AGENT_DIR, is_certified, load_policy
+from offline_rl.data import TransitionManifest
+from offline_rl.errors import TrainingError
 
 log = structlog.get_logger(__name__)
 
@@ -68,27 +85,118 @@ def production_policy(runs_dir: Path, date: dt.date) -> Path | None:
     return artifact if artifact.is_dir() else None
 
 
-def _episode_windows(frame: pl.DataFrame, date: dt.date, eval_days: int) -> pl.DataFrame:
-    """Tag each row with its episode's start date and whether the episode is held out."""
-    first_eval_day = date - dt.timedelta(days=eval_days - 1)
-    start = pl.col("decision_ts").min().over("episode_id").dt.date()
-    return (
-        frame.filter(pl.col("decision_ts").dt.date() <= date)
-        .with_columns(start.alias("_episode_start"))
-        .with_columns((pl.col("_episode_start") >= first_eval_day).alias("_held_out"))
+@dataclass(frozen=True)
+class TrainedAgents:
+    agent: Path
+    bc: Path | None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """What the gate evaluates: the candidate first, and the selection behind it."""
+
+    policies: list[Any]
+    artifact: Path
+    agent_artifact: Path
+    selection: dict[str, Any] | None
+    preconditions: dict[str, list[Any]]
+
+
+def split_logs(frame: pl.DataFrame, date: dt.date, config: EcomrlConfig) -> RunSplit:
+    run = config.run
+    selection = config.certify.selection_fraction if config.certify.enabled else 0.0
+    if run.holdout == "time":
+        return split_by_time(frame, date, eval_days=run.eval_days, selection_fraction=selection)
+    age = run.eval_min_age_days
+    return split_by_users(
+        frame,
+        date,
+        holdout_fraction=run.holdout_fraction,
+        selection_fraction=selection,
+        min_age_days=config.etl.horizon_days if age is None else age,
+        first_only=run.eval_episodes == "first",
     )
+
+
+def _train(
+    split: RunSplit,
+    manifest: TransitionManifest,
+    scratch: Path,
+    config: EcomrlConfig,
+    production: Path | None,
+) -> TrainedAgents:
+    init = None
+    if config.run.warm_start and production is not None:
+        init = production / AGENT_DIR if is_certified(production) else production
+    agent = train_on_frame(
+        split.fit, manifest, scratch / "candidate", config.train, init_from=init
+    )
+    bc: Path | None = None
+    if config.run.bc_baseline:
+        discrete = manifest.data["action_space"]["type"] == "discrete"
+        bc_config = TrainConfig.model_validate(
+            {**config.train.model_dump(), "agent": "discrete_bc" if discrete else "bc"}
+        )
+        bc = train_on_frame(split.fit, manifest, scratch / "baseline_bc", bc_config).artifact
+    return TrainedAgents(agent.artifact, bc)
+
+
+def build_candidates(
+    split: RunSplit,
+    manifest: TransitionManifest,
+    dataset: Path,
+    scratch: Path,
+    trained: TrainedAgents,
+    config: EcomrlConfig,
+) -> Candidates:
+    """The certified pick (discrete, ``[certify].enabled``) or the agent itself."""
+    discrete = manifest.data["action_space"]["type"] == "discrete"
+    certify = config.certify
+    if not (discrete and certify.enabled and certify.has_members()):
+        reason = "continuous actions" if not discrete else "[certify] is disabled"
+        log.info("no candidate family", reason=reason)
+        return Candidates(
+            [load_artifact(trained.agent, name="candidate")], trained.agent, trained.agent,
+            {"built": False, "reason": reason}, {},
+        )
+    if split.selection.height == 0:
+        raise TrainingError(
+            "no selection episodes: the selection users have no complete episode up to the run "
+            "date (lower [run].eval_min_age_days or [certify].selection_fraction, or wait for "
+            "more logs)"
+        )
+    agent = load_policy(trained.agent)
+    members = build_family(split.fit, manifest, agent, certify)
+    data = selection_data(split.selection, manifest, dataset, config.evaluate)
+    n_test = int(split.held_out["episode_id"].n_unique())
+    result = choose_certified(members, data, n_test, config.evaluate, config.approval, certify)
+    index = result.pick
+    if index is None:
+        index = max(range(len(members)), key=lambda i: result.members[i].predicted_lower_bound)
+    artifact = members[index].save(scratch / "candidate" / "certified", trained.agent)
+    policies = [
+        load_artifact(artifact, name="candidate"),
+        load_artifact(trained.agent, name="agent:unconstrained"),
+    ]
+    return Candidates(
+        policies, artifact, trained.agent, {"built": True, **result.to_dict()},
+        {"candidate": [result.check()]},
+    )
+
+
+def _with_realised(selection: dict[str, Any] | None, result: EvaluationResult) -> Any:
+    """The selection record with the pick's realised bound on the held-out episodes."""
+    if selection is None or not selection.get("built"):
+        return selection
+    improvement = result.candidate("candidate").improvement
+    realised = None if improvement is None else improvement.lower_bound
+    pick = next((m for m in selection["members"] if m["label"] == selection["pick"]), None)
+    predicted = None if pick is None else pick["predicted_lower_bound"]
+    return {**selection, "predicted_lower_bound": predicted, "realised_lower_bound": realised}
 
 
 def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
     """Run the whole nightly job for ``date``; see the module docstring."""
-    from etl import run_etl
-    from evaluation.candidates import load_artifact
-    from evaluation.data import TransitionsDataset
-    from evaluation.evaluate import evaluate_candidates
-    from evaluation.report import render_report, report_inputs_from_run
-    from offline_rl import TrainConfig, load_transitions, train_on_frame
-    from offline_rl.errors import TrainingError
-
     run = config.run
     if run.input is None:
         raise TrainingError("[run].input is not set: where are the raw logs?")
@@ -104,42 +212,43 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
         log.info("etl done", date=str(date), backfill=backfill, counts=etl_result.counts)
 
         frame, manifest = load_transitions(dataset)
-        tagged = _episode_windows(frame, date, run.eval_days)
-        train_frame = tagged.filter(~pl.col("_held_out")).drop("_episode_start", "_held_out")
-        eval_frame = tagged.filter(pl.col("_held_out")).drop("_episode_start", "_held_out")
-        if train_frame.height == 0 or eval_frame.height == 0:
+        split = split_logs(frame, date, config)
+        if split.fit.height == 0 or split.held_out.height == 0:
             raise TrainingError(
-                f"not enough data up to {date}: {train_frame.height} decisions to train on and "
-                f"{eval_frame.height} to evaluate on (eval_days={run.eval_days})"
+                f"not enough data up to {date}: {split.fit.height} decisions to train on and "
+                f"{split.held_out.height} to evaluate on ({split.description}; see [run] "
+                "holdout, eval_min_age_days, eval_days)"
             )
+        log.info("split", description=split.description)
 
         production = production_policy(runs_dir, date)
         final = runs_dir / date.isoformat()
         with staged_directory(final) as scratch:
             clock = time.perf_counter()
-            candidate = train_on_frame(
-                train_frame, manifest, scratch / "candidate", config.train,
-                init_from=production if run.warm_start else None,
-            )
-            policies: list[Any] = [load_artifact(candidate.artifact, name="candidate")]
-            if run.bc_baseline:
-                discrete = manifest.data["action_space"]["type"] == "discrete"
-                bc_config = TrainConfig.model_validate(
-                    {**config.train.model_dump(), "agent": "discrete_bc" if discrete else "bc"}
-                )
-                bc = train_on_frame(train_frame, manifest, scratch / "baseline_bc", bc_config)
-                policies.append(load_artifact(bc.artifact, name="baseline:bc"))
+            trained = _train(split, manifest, scratch, config, production)
+            chosen = build_candidates(split, manifest, dataset, scratch, trained, config)
             timings["train_s"] = time.perf_counter() - clock
 
+            policies = list(chosen.policies)
+            if trained.bc is not None:
+                policies.append(load_artifact(trained.bc, name="baseline:bc"))
             if production is not None:
                 policies.append(load_artifact(production, name="production"))
             policies.extend(run.baselines)
 
             clock = time.perf_counter()
-            held_out = TransitionsDataset(frame=eval_frame, manifest=manifest.data, path=dataset)
+            held_out = TransitionsDataset(
+                frame=split.held_out, manifest=manifest.data, path=dataset
+            )
             result = evaluate_candidates(
                 held_out, policies, config=config.evaluate, approval=config.approval,
-                data_path=dataset,
+                data_path=dataset, episodes_per_day=split.episodes_per_day,
+                preconditions=chosen.preconditions,
+            )
+            result = replace(
+                result,
+                selection=_with_realised(chosen.selection, result),
+                holdout=split.description,
             )
             ope_json, _ = result.write(scratch / "evaluation")
             timings["evaluate_s"] = time.perf_counter() - clock
@@ -148,7 +257,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             inputs = report_inputs_from_run(
                 ope_json,
                 dataset / "_manifest.json",
-                candidate.artifact,
+                chosen.agent_artifact,
                 data_dir=dataset,
                 candidate="candidate",
                 current_date=date.isoformat(),
@@ -157,7 +266,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             render_report(inputs, scratch / "report")
             timings["report_s"] = time.perf_counter() - clock
 
-            artifact = candidate.artifact.relative_to(scratch)
+            artifact = chosen.artifact.relative_to(scratch)
             verdict = result.candidate("candidate").verdict
             approved = verdict.decision == "approve"
             exit_code = EXIT_APPROVED if approved else EXIT_REJECTED
@@ -167,6 +276,9 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
                 "reason": verdict.decided_by,
                 "exit_code": exit_code,
                 "candidate_artifact": str(artifact),
+                "agent_artifact": str(chosen.agent_artifact.relative_to(scratch)),
+                "selection": result.selection,
+                "holdout": split.description,
                 "production_policy": str(production.relative_to(runs_dir)) if production else None,
                 "warm_started": bool(run.warm_start and production is not None),
                 "backfill": backfill,

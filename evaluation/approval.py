@@ -1,18 +1,25 @@
 """The approval rule: a candidate ships only if it beats the logging policy with confidence.
 
-Rule (shared/design.md): approved only when the lower confidence bound of the candidate's value
-(primary estimator, ``EvaluateConfig.lower_bound`` method) exceeds the behaviour policy's
-on-policy value by the margin ``max(min_improvement, min_relative_improvement * |V_b|)``, AND
-every diagnostic passes its threshold (``ApprovalConfig``). The verdict names the rule that
-decided in plain words and lists every check with its value, threshold and result.
+Rule (shared/design.md): approved only when the lower confidence bound of the candidate's
+*improvement* ``V(candidate) - V(behaviour)`` (primary estimator, paired on the same held-out
+episodes, ``EvaluateConfig.lower_bound`` method; see ``evaluation/improvement.py``) exceeds the
+margin ``max(min_improvement, min_relative_improvement * |V_b|)``, AND every diagnostic passes
+its threshold (``ApprovalConfig``). The improvement check is written in value units (the
+behaviour's value plus the improvement's lower bound against the behaviour's value plus the
+margin: the same inequality). With ``EvaluateConfig.comparison = "level"`` the lower bound is
+the candidate's own, unpaired. The verdict names the rule that decided in plain words, lists
+every check with its value, threshold and result, and, when the evidence is too thin, says how
+much more data would decide (``PowerAnalysis``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from evaluation.config import ApprovalConfig
+from evaluation.improvement import PowerAnalysis
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,8 @@ class Verdict:
     baseline_value: float | None = None
     margin: float | None = None
     lower_bound_level: float | None = None
+    improvement: float | None = None
+    power: PowerAnalysis | None = None
 
     @property
     def decision(self) -> str:
@@ -57,7 +66,13 @@ class Verdict:
             "baseline_value": self.baseline_value,
             "margin": self.margin,
             "lower_bound_level": self.lower_bound_level,
+            "improvement": self.improvement,
+            "power": None if self.power is None else self.power.to_dict(),
         }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _check(name: str, value: float | None, threshold: float, comparison: str, text: str) -> Check:
@@ -80,28 +95,40 @@ def approve(
     estimator: str = "dr",
     bound_method: str = "t",
     confidence: float = 0.95,
+    improvement: float | None = None,
+    power: PowerAnalysis | None = None,
+    preconditions: Sequence[Check] = (),
 ) -> Verdict:
     """Apply the approval rule to one candidate.
 
     ``diagnostics`` holds ``ess``, ``ess_fraction``, ``max_weight_share``, ``unsupported_share``,
     and optionally ``clipping_effect_se``, ``family_spread``, ``family_spread_se``,
     ``primary_se``, ``calibration_error`` (when the propensities were estimated).
+    ``improvement`` (the paired point estimate of the gain) and ``power`` come with a paired
+    comparison; ``lower_bound`` is then the behaviour's value plus the gain's lower bound.
+    ``preconditions`` are checks decided before the test (the candidate selection's
+    ``certifiable_selection``): they come first and decide the verdict's wording when they fail.
     """
     cfg = config or ApprovalConfig()
-    margin = max(cfg.min_improvement, cfg.min_relative_improvement * abs(behaviour_value))
+    margin = cfg.margin(behaviour_value)
     bar = behaviour_value + margin
     spread = diagnostics.get("family_spread")
     se = float(diagnostics.get("primary_se") or 0.0)
     spread_allowed = max(
         cfg.max_family_spread_se * se, cfg.max_family_spread_relative * abs(behaviour_value)
     )
+    subject = (
+        f"{estimator} estimate" if improvement is None
+        else f"current policy's value plus the paired {estimator} estimate of the gain"
+    )
     checks = [
+        *preconditions,
         _check(
             "improvement",
             lower_bound,
             bar,
             ">",
-            f"the {confidence:.0%} lower bound ({bound_method}) of the {estimator} estimate must "
+            f"the {confidence:.0%} lower bound ({bound_method}) of the {subject} must "
             f"exceed the current policy's value {behaviour_value:.4g} plus the margin "
             f"{margin:.4g}",
         ),
@@ -157,21 +184,46 @@ def approve(
         ),
     ]
     failed = [c for c in checks if not c.passed]
-    extra = (lower_bound, behaviour_value, margin, confidence)
+    extra = (lower_bound, behaviour_value, margin, confidence, improvement, power)
     if not failed:
         text = (
             f"Approved: with {confidence:.0%} confidence the candidate is worth at least "
             f"{lower_bound:.4g} per episode, above the current policy's {behaviour_value:.4g} "
             f"plus the required margin {margin:.4g}, and every reliability check passed."
         )
+        if improvement is not None:
+            text = (
+                f"Approved: with {confidence:.0%} confidence the candidate earns at least "
+                f"{lower_bound - behaviour_value:.4g} per episode more than the current policy "
+                f"(estimated gain {improvement:.4g}, measured on the same held-out episodes), "
+                f"above the required margin {margin:.4g}, and every reliability check passed."
+            )
         return Verdict(True, text, checks, *extra)
     first = failed[0]
+    if first.name == "certifiable_selection":
+        text = (
+            "Rejected: no member of the candidate family was predicted to clear the margin "
+            f"{margin:.4g} on the held-out episodes (best predicted lower bound of the gain: "
+            f"{_fmt(first.value)}), so none was put to the test."
+        )
+        if power is not None:
+            text += " " + power.sentence(margin)
+        return Verdict(False, text, checks, *extra)
     if first.name == "improvement":
         text = (
             f"Rejected: the candidate is not shown to beat the current policy. Its value is at "
             f"least {lower_bound:.4g} per episode with {confidence:.0%} confidence, which does "
             f"not exceed the current policy's {behaviour_value:.4g} plus the margin {margin:.4g}."
         )
+        if improvement is not None:
+            text = (
+                f"Rejected: the candidate is not shown to beat the current policy. Its estimated "
+                f"gain is {improvement:.4g} per episode, but with {confidence:.0%} confidence "
+                f"only {lower_bound - behaviour_value:.4g}, which does not exceed the margin "
+                f"{margin:.4g}."
+            )
+        if power is not None:
+            text += " " + power.sentence(margin)
         others = [c.name for c in failed[1:]]
         if others:
             text += f" Reliability checks also failed: {', '.join(others)}."

@@ -9,7 +9,7 @@ A policy SPEC (the ``--policy`` option of ``ecomrl evaluate``) is one of:
 * ``table:PATH.parquet`` long form ``decision_id, action, probability`` for every logged decision
   (a policy computed elsewhere);
 * ``artifact:PATH``      a trained policy folder from ``ecomrl train`` (loaded through
-  ``offline_rl.artifacts.load_policy``: hashes verified first); greedy, or epsilon-soft with
+  ``offline_rl.load_policy``: hashes verified first); greedy, or epsilon-soft with
   ``artifact:PATH#epsilon=0.05``.
 
 Each candidate turns into :class:`CandidateProbabilities` on the logged data: its probability of
@@ -285,7 +285,8 @@ class ModelPolicy(Candidate):
             def act(o: np.ndarray) -> np.ndarray:
                 return np.asarray(self.policy.predict(o), dtype=np.int64).reshape(-1)
 
-            return _from_distribution(data, dist, act=act if self.epsilon == 0 else None)
+            deterministic = self.epsilon == 0 and not getattr(self.policy, "stochastic", False)
+            return _from_distribution(data, dist, act=act if deterministic else None)
         actions = np.asarray(self.policy.predict(obs), dtype=np.float64).reshape(-1)
 
         def act_c(o: np.ndarray) -> np.ndarray:
@@ -297,14 +298,14 @@ class ModelPolicy(Candidate):
 def load_artifact(
     path: Path | str, epsilon: float = 0.0, *, name: str | None = None
 ) -> ModelPolicy:
-    """A trained policy artifact (``offline_rl.artifacts.load_policy``) as a candidate.
+    """A trained policy artifact (``offline_rl.load_policy``) as a candidate.
 
     ``name`` labels it in the results (default ``artifact:<folder name>``).
     """
     if not Path(path).is_dir():
         raise EvaluationError(f"artifact:{path}: policy artifact folder not found")
     try:
-        from offline_rl.artifacts import load_policy
+        from offline_rl.certified import load_policy
     except ImportError as exc:  # pragma: no cover - offline_rl ships with ecomrl
         raise EvaluationError(f"cannot load artifacts: {exc}") from exc
     from offline_rl.errors import TrainingError

@@ -29,6 +29,8 @@ EstimatorName = Literal[
     "kernel_is",
     "kernel_wis",
     "kernel_dr",
+    "mis",
+    "mdr",
 ]
 
 DEFAULT_ESTIMATORS: tuple[EstimatorName, ...] = ("is", "pdis", "wis", "wpdis", "dr", "wdr", "dm")
@@ -96,6 +98,25 @@ class KernelConfig(_Model):
     bandwidth_scale: float = Field(1.0, gt=0)
 
 
+class MarginalConfig(_Model):
+    """Marginalised importance sampling (``mis``, ``mdr``): the per-step state-ratio fit.
+
+    ``w_{t+1}`` is a ridge regression of ``w_t(s_t) * rho_t`` on ``[observation(s_{t+1}), 1]``
+    (intercept unpenalised), fitted separately at every step up to ``max_horizon``; later steps
+    reuse the ratio function fitted at step ``max_horizon`` (a stationarity approximation).
+    """
+
+    ridge_alpha: float = Field(
+        1e-3, ge=0, description="L2 penalty on the feature coefficients (0: least squares)"
+    )
+    max_horizon: int | None = Field(
+        None, ge=0, description="Fit w_t for steps 1..max_horizon; None: every step"
+    )
+    standardize: bool = Field(
+        True, description="Centre and scale the features per step before the ridge fit"
+    )
+
+
 class BehaviourModelConfig(_Model):
     """The behaviour-policy model that fills missing propensities (cross-fitted)."""
 
@@ -121,6 +142,21 @@ class BootstrapConfig(_Model):
     seed: int = 0
 
 
+class FitBootstrapConfig(_Model):
+    """Direct-method intervals from bootstrapping the fit (Hao et al. 2021): off by default.
+
+    Each resample of episodes refits the fitted Q evaluation, so the cost is ``n_resamples``
+    refits per candidate (``evaluation.fit_bootstrap``).
+    """
+
+    enabled: bool = False
+    n_resamples: int = Field(200, ge=2, description="Resamples of episodes, one refit each")
+    seed: int = 0
+    interval: Literal["percentile", "basic"] = Field(
+        "percentile", description="Percentile or basic (reverse percentile) interval"
+    )
+
+
 class EvaluateConfig(_Model):
     """Which estimators to run and how to compute intervals."""
 
@@ -136,11 +172,20 @@ class EvaluateConfig(_Model):
         "t", description="High-confidence lower bound of the primary estimator (Thomas 2015)"
     )
     lower_bound_delta: float = Field(0.05, gt=0, lt=0.5, description="One-sided error rate")
+    comparison: Literal["paired", "level"] = Field(
+        "paired",
+        description=(
+            "paired: the gate bounds V(candidate) - V(behaviour) on the same episodes; "
+            "level: the candidate's own lower bound against the behaviour's value"
+        ),
+    )
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    fit_bootstrap: FitBootstrapConfig = Field(default_factory=FitBootstrapConfig)
     clipping: ClippingConfig = Field(default_factory=ClippingConfig)
     direct: DirectMethodConfig = Field(default_factory=DirectMethodConfig)
     fqe: FQEConfig = Field(default_factory=FQEConfig)
     kernel: KernelConfig = Field(default_factory=KernelConfig)
+    marginal: MarginalConfig = Field(default_factory=MarginalConfig)
     behaviour_model: BehaviourModelConfig = Field(default_factory=BehaviourModelConfig)
     support_threshold: float = Field(
         0.01, gt=0, lt=1, description="A behaviour probability below this counts as unsupported"
@@ -181,3 +226,7 @@ class ApprovalConfig(_Model):
     max_calibration_error: float = Field(
         0.05, ge=0, description="Estimated propensities: expected calibration error, at most"
     )
+
+    def margin(self, behaviour_value: float) -> float:
+        """The gain the candidate must clear: ``max(min_improvement, relative * |V_b|)``."""
+        return max(self.min_improvement, self.min_relative_improvement * abs(behaviour_value))

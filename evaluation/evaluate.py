@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,18 @@ import polars as pl
 import structlog
 from tqdm.auto import tqdm
 
-from evaluation.approval import Verdict, approve
+from evaluation.approval import Check, Verdict, approve
 from evaluation.candidates import Candidate, CandidateProbabilities, parse_policy_spec
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData, TransitionsDataset, load_transitions
 from evaluation.diagnostics import candidate_diagnostics, family_spread
 from evaluation.errors import EvaluationError
 from evaluation.estimators import ESTIMATORS
-from evaluation.estimators.base import OffPolicyEstimator, OPEInput
+from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OPEInput
 from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
+from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS
 from evaluation.estimators.on_policy import OnPolicyValue
+from evaluation.improvement import PowerAnalysis, paired_difference, power_analysis
 from evaluation.intervals import IntervalSummary, ResampleCounts, summarise
 from evaluation.propensity import CalibrationReport, fill_missing_propensities
 
@@ -84,6 +86,29 @@ class EstimatorResult:
 
 
 @dataclass(frozen=True)
+class ImprovementResult:
+    """The paired estimate of ``V(candidate) - V(behaviour)`` on the same episodes.
+
+    ``lower_bound`` is the one-sided bound the gate compares with ``margin``;
+    ``level_lower_bound`` is what the unpaired comparison would have used (the candidate's own
+    lower bound minus the behaviour's value), kept to show how much the pairing tightens it.
+    """
+
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    lower_bound: float
+    lower_bound_method: str
+    level_lower_bound: float
+    margin: float
+    power: PowerAnalysis
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class CandidateResult:
     """Every estimate of one candidate, its diagnostics and the approval verdict."""
 
@@ -96,6 +121,10 @@ class CandidateResult:
     lower_bound_method: str
     clipped: bool
     skipped: dict[str, str] = field(default_factory=dict)
+    improvement: ImprovementResult | None = None
+    """The primary estimator's paired improvement (what the gate tested)."""
+    improvements: dict[str, ImprovementResult] = field(default_factory=dict)
+    """Every estimator's paired improvement (for comparison; the gate uses the primary's)."""
 
     def estimate(self, estimator: str) -> EstimatorResult:
         for e in self.estimates:
@@ -122,6 +151,10 @@ class EvaluationResult:
     config: dict[str, Any]
     approval_config: dict[str, Any]
     data_path: str | None = None
+    selection: dict[str, Any] | None = None
+    """The candidate selection behind the candidate (the nightly job's family), if any."""
+    holdout: str | None = None
+    """How the evaluated episodes were held out, in words (the nightly job)."""
 
     def candidate(self, name: str) -> CandidateResult:
         for c in self.candidates:
@@ -153,6 +186,8 @@ class EvaluationResult:
                 "notes": self.notes(),
                 "n_episodes": self.n_episodes,
                 "n_decisions": self.n_decisions,
+                "holdout": self.holdout,
+                "selection": self.selection,
                 "gamma": self.gamma,
                 "action_space": self.action_space,
                 "propensity": self.propensity,
@@ -168,6 +203,8 @@ class EvaluationResult:
                         "diagnostics": c.diagnostics,
                         "estimates": [asdict(e) for e in c.estimates],
                         "skipped": c.skipped,
+                        "improvement": None if c.improvement is None else c.improvement.to_dict(),
+                        "improvements": {k: v.to_dict() for k, v in c.improvements.items()},
                         "notes": [f"{k} not computed: {v}" for k, v in c.skipped.items()],
                     }
                     for c in self.candidates
@@ -291,6 +328,13 @@ def _as_episode_data(
     return EpisodeData.from_frame(data, gamma=0.9 if gamma is None else gamma)
 
 
+def make_estimator(name: str, cfg: EvaluateConfig) -> OffPolicyEstimator:
+    """The estimator called ``name``, with its ``[evaluate]`` settings where it has any."""
+    if name in ("mis", "mdr"):
+        return MarginalizedIS(cfg.marginal) if name == "mis" else MarginalizedDR(cfg.marginal)
+    return ESTIMATORS[name]()
+
+
 def _resolve_estimators(
     names: Sequence[str], data: EpisodeData
 ) -> tuple[list[str], dict[str, str]]:
@@ -314,7 +358,7 @@ def _resolve_estimators(
     return chosen, skipped
 
 
-def _model_predictions(
+def model_predictions(
     data: EpisodeData, probs: CandidateProbabilities, candidate: Candidate, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
     fitter = FittedQEvaluation(cfg.direct)
@@ -339,12 +383,17 @@ def evaluate_candidates(
     approval: ApprovalConfig | None = None,
     *,
     data_path: Path | str | None = None,
+    episodes_per_day: float | None = None,
+    preconditions: Mapping[str, Sequence[Check]] | None = None,
 ) -> EvaluationResult:
     """Evaluate each candidate off-policy against the logged behaviour policy.
 
     ``data`` is an ETL output folder, a transitions frame or :class:`EpisodeData`; ``candidates``
     are :class:`~evaluation.candidates.Candidate` objects or policy SPEC strings
     (``rule:constant=2``, ``rule:behaviour``, ``table:PATH``, ``artifact:PATH``).
+    ``episodes_per_day``: how many such episodes the logs gain per day (the power analysis
+    turns the episodes still needed into days of logs). ``preconditions``: checks decided
+    before the test, per candidate name (the selection's ``certifiable_selection``).
     """
     cfg = config or EvaluateConfig()
     appr = approval or ApprovalConfig()
@@ -383,13 +432,14 @@ def evaluate_candidates(
     )[0]
     behaviour = EstimatorResult.from_summary(on_policy, b_summary, cfg.bootstrap.method)
 
-    results = []
-    for policy in tqdm(policies, desc="evaluate", unit="policy", disable=len(policies) < 2):
-        results.append(
-            _evaluate_one(
-                episodes, policy, names, dict(skipped), cfg, appr, behaviour, propensity, counts
-            )
-        )
+    ctx = _Context(
+        episodes, names, skipped, cfg, appr, behaviour, propensity, counts, episodes_per_day,
+        dict(preconditions or {}),
+    )
+    results = [
+        _evaluate_one(ctx, policy)
+        for policy in tqdm(policies, desc="evaluate", unit="policy", disable=len(policies) < 2)
+    ]
     return EvaluationResult(
         behaviour=behaviour,
         candidates=results,
@@ -426,39 +476,54 @@ def _propensity_summary(data: EpisodeData, calibration: CalibrationReport | None
     return out
 
 
-def _evaluate_one(
-    data: EpisodeData,
-    policy: Candidate,
-    names: list[str],
-    skipped: dict[str, str],
-    cfg: EvaluateConfig,
-    appr: ApprovalConfig,
-    behaviour: EstimatorResult,
-    propensity: dict[str, Any],
-    counts: ResampleCounts | None = None,
-) -> CandidateResult:
-    probs = policy.probabilities(data, cfg.kernel)
-    model = None
-    if any(ESTIMATORS[n].needs_model for n in names):
-        if data.observation is None:
-            for n in names:
-                if ESTIMATORS[n].needs_model:
-                    skipped[n] = "the transitions have no observations to fit a model on"
-        else:
-            model = _model_predictions(data, probs, policy, cfg)
-    q_logged, v_hat = model if model is not None else (None, None)
-    clip = cfg.clipping.max_weight
-    inp = OPEInput(
-        data,
-        probs.logged,
-        probs.distribution,
-        q_logged=q_logged,
-        v_hat=v_hat,
-        max_weight=clip,
-    )
+@dataclass(frozen=True)
+class _Context:
+    """What every candidate's evaluation shares: the data, the estimators, the baseline."""
+
+    data: EpisodeData
+    names: list[str]
+    skipped: dict[str, str]
+    cfg: EvaluateConfig
+    appr: ApprovalConfig
+    behaviour: EstimatorResult
+    propensity: dict[str, Any]
+    counts: ResampleCounts | None
+    episodes_per_day: float | None = None
+    preconditions: Mapping[str, Sequence[Check]] = field(default_factory=dict)
+
+    def summarise(self, stats: list[EpisodeStatistics]) -> list[IntervalSummary]:
+        cfg = self.cfg
+        return summarise(
+            stats,
+            confidence=cfg.confidence,
+            n_resamples=cfg.bootstrap.n_resamples,
+            method=cfg.bootstrap.method,
+            delta=cfg.lower_bound_delta,
+            seed=cfg.bootstrap.seed,
+            chunk_size=cfg.bootstrap.chunk_size,
+            scheme=cfg.bootstrap.scheme,
+            counts=self.counts,
+        )
+
+    def lower_bound(self, s: IntervalSummary | EstimatorResult) -> tuple[float, str]:
+        """The configured one-sided lower bound of a summary, and its name."""
+        cfg = self.cfg
+        if cfg.lower_bound == "bernstein" and s.lower_bound_bernstein is not None:
+            return s.lower_bound_bernstein, "empirical Bernstein"
+        if cfg.lower_bound == "bootstrap":
+            if cfg.bootstrap.method == "bca":
+                return s.bca_low, "bootstrap BCa"
+            return s.percentile_low, "bootstrap percentile"
+        return s.lower_bound_t, "t"
+
+
+def _estimators_for(
+    ctx: _Context, inp: OPEInput, probs: CandidateProbabilities, skipped: dict[str, str]
+) -> tuple[list[OffPolicyEstimator], list[EpisodeStatistics]]:
+    """The applicable estimators and their per-episode statistics (d3rlpy FQE when asked)."""
     estimators: list[OffPolicyEstimator] = []
-    for name in names:
-        est = ESTIMATORS[name]()
+    for name in ctx.names:
+        est = make_estimator(name, ctx.cfg)
         if est.needs_model and not inp.has_model:
             skipped.setdefault(
                 name, "no model predictions for this candidate (needs its full distribution)"
@@ -466,59 +531,73 @@ def _evaluate_one(
             continue
         estimators.append(est)
     stats = [e.episode_statistics(inp) for e in estimators]
-    if cfg.fqe.enabled or "fqe" in cfg.estimators:
+    if ctx.cfg.fqe.enabled or "fqe" in ctx.cfg.estimators:
         if probs.act is None:
             skipped["fqe"] = "d3rlpy FQE needs a candidate that maps observations to actions"
         else:
-            pred = d3rlpy_fqe(data, probs.act, cfg.fqe)
-            fqe_inp = OPEInput(data, probs.logged, q_logged=pred.q_logged, v_hat=pred.v_hat)
+            pred = d3rlpy_fqe(ctx.data, probs.act, ctx.cfg.fqe)
+            fqe_inp = OPEInput(ctx.data, probs.logged, q_logged=pred.q_logged, v_hat=pred.v_hat)
             fqe_est = _FQE()
             estimators.append(fqe_est)
             stats.append(fqe_est.episode_statistics(fqe_inp))
-    summaries = summarise(
-        stats,
-        confidence=cfg.confidence,
-        n_resamples=cfg.bootstrap.n_resamples,
-        method=cfg.bootstrap.method,
-        delta=cfg.lower_bound_delta,
-        seed=cfg.bootstrap.seed,
-        chunk_size=cfg.bootstrap.chunk_size,
-        scheme=cfg.bootstrap.scheme,
-        counts=counts,
-    )
-    results = [
-        EstimatorResult.from_summary(e, s, cfg.bootstrap.method)
-        for e, s in zip(estimators, summaries, strict=True)
-    ]
-    by_name = {r.estimator: r for r in results}
-    primary: str = cfg.primary_estimator
-    if not data.action_space.is_discrete:
+    return estimators, stats
+
+
+def _primary_name(ctx: _Context, available: Sequence[str], policy: str) -> str:
+    primary: str = ctx.cfg.primary_estimator
+    if not ctx.data.action_space.is_discrete:
         primary = _CONTINUOUS_NAME.get(primary, primary)
-    if primary not in by_name:
-        fallback: list[str] = [
-            n for n in ("dr", "kernel_dr", "dr_bandit", "wpdis", "pdis") if n in by_name
-        ]
-        if not fallback:
-            fallback = list(by_name)
-        if not fallback:
-            raise EvaluationError(f"{policy.name}: no estimator could be computed")
-        primary = fallback[0]
-    p = by_name[primary]
-    if cfg.lower_bound == "bernstein" and p.lower_bound_bernstein is not None:
-        lower, method = p.lower_bound_bernstein, "empirical Bernstein"
-    elif cfg.lower_bound == "bootstrap":
-        lower, method = (
-            (p.bca_low, "bootstrap BCa")
-            if cfg.bootstrap.method == "bca"
-            else (
-                p.percentile_low,
-                "bootstrap percentile",
-            )
+    if primary in available:
+        return primary
+    fallback = [n for n in ("dr", "kernel_dr", "dr_bandit", "wpdis", "pdis") if n in available]
+    if not fallback:
+        fallback = list(available)
+    if not fallback:
+        raise EvaluationError(f"{policy}: no estimator could be computed")
+    return fallback[0]
+
+
+def _improvements(
+    ctx: _Context, stats: list[EpisodeStatistics], results: list[EstimatorResult]
+) -> dict[str, ImprovementResult]:
+    """Every estimator's paired estimate of V(candidate) - V(behaviour), with its power."""
+    diffs = ctx.summarise([paired_difference(s, ctx.data.returns) for s in stats])
+    margin = ctx.appr.margin(ctx.behaviour.estimate)
+    out: dict[str, ImprovementResult] = {}
+    for diff, level in zip(diffs, results, strict=True):
+        lower, method = ctx.lower_bound(diff)
+        level_lower, _ = ctx.lower_bound(level)
+        power = power_analysis(
+            diff.estimate,
+            diff.se,
+            ctx.data.n_episodes,
+            margin,
+            ctx.cfg.lower_bound_delta,
+            ctx.episodes_per_day,
         )
-    else:
-        lower, method = p.lower_bound_t, "t"
+        out[level.estimator] = ImprovementResult(
+            estimate=diff.estimate,
+            se=diff.se,
+            ci_low=diff.ci_low,
+            ci_high=diff.ci_high,
+            lower_bound=lower,
+            lower_bound_method=method,
+            level_lower_bound=level_lower - ctx.behaviour.estimate,
+            margin=margin,
+            power=power,
+        )
+    return out
+
+
+def _diagnostics(
+    ctx: _Context,
+    inp: OPEInput,
+    probs: CandidateProbabilities,
+    results: list[EstimatorResult],
+    p: EstimatorResult,
+) -> dict[str, Any]:
     diagnostics: dict[str, Any] = candidate_diagnostics(
-        inp, target_action=probs.action, support_threshold=cfg.support_threshold
+        inp, target_action=probs.action, support_threshold=ctx.cfg.support_threshold
     )
     if probs.bandwidth is not None:
         diagnostics["kernel_bandwidth"] = probs.bandwidth
@@ -527,31 +606,84 @@ def _evaluate_one(
     diagnostics["family_spread"] = spread
     diagnostics["family_members"] = members
     diagnostics["family_spread_se"] = spread / p.se if spread is not None and p.se > 0 else None
+    clip = ctx.cfg.clipping.max_weight
     diagnostics["clipping_max_weight"] = clip
-    if clip is not None and primary in ESTIMATORS:
-        unclipped = ESTIMATORS[primary]().estimate_policy_value(inp.unclipped())
+    if clip is not None and p.estimator in ESTIMATORS:
+        unclipped = ESTIMATORS[p.estimator]().estimate_policy_value(inp.unclipped())
         effect = p.estimate - unclipped
         diagnostics["unclipped_estimate"] = unclipped
         diagnostics["clipping_effect"] = effect
         diagnostics["clipping_effect_se"] = abs(effect) / p.se if p.se > 0 else math.inf
-    calibration = propensity.get("calibration") or {}
-    if propensity.get("estimated"):
+    calibration = ctx.propensity.get("calibration") or {}
+    if ctx.propensity.get("estimated"):
         diagnostics["calibration_error"] = calibration.get("expected_calibration_error")
+    return diagnostics
+
+
+def _model_input(
+    ctx: _Context, policy: Candidate, probs: CandidateProbabilities, skipped: dict[str, str]
+) -> OPEInput:
+    model = None
+    if any(ESTIMATORS[n].needs_model for n in ctx.names):
+        if ctx.data.observation is None:
+            for n in ctx.names:
+                if ESTIMATORS[n].needs_model:
+                    skipped[n] = "the transitions have no observations to fit a model on"
+        else:
+            model = model_predictions(ctx.data, probs, policy, ctx.cfg)
+    q_logged, v_hat = model if model is not None else (None, None)
+    return OPEInput(
+        ctx.data,
+        probs.logged,
+        probs.distribution,
+        q_logged=q_logged,
+        v_hat=v_hat,
+        max_weight=ctx.cfg.clipping.max_weight,
+    )
+
+
+def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
+    skipped = dict(ctx.skipped)
+    probs = policy.probabilities(ctx.data, ctx.cfg.kernel)
+    inp = _model_input(ctx, policy, probs, skipped)
+    estimators, stats = _estimators_for(ctx, inp, probs, skipped)
+    summaries = ctx.summarise(stats)
+    results = [
+        EstimatorResult.from_summary(e, s, ctx.cfg.bootstrap.method)
+        for e, s in zip(estimators, summaries, strict=True)
+    ]
+    names = [r.estimator for r in results]
+    primary = _primary_name(ctx, names, policy.name)
+    p = results[names.index(primary)]
+    improvement: ImprovementResult | None = None
+    improvements: dict[str, ImprovementResult] = {}
+    if ctx.cfg.comparison == "paired":
+        improvements = _improvements(ctx, stats, results)
+        improvement = improvements[primary]
+        lower = ctx.behaviour.estimate + improvement.lower_bound
+        method = f"{improvement.lower_bound_method}, paired improvement"
+    else:
+        lower, method = ctx.lower_bound(p)
+    diagnostics = _diagnostics(ctx, inp, probs, results, p)
     verdict = approve(
         lower_bound=lower,
-        behaviour_value=behaviour.estimate,
+        behaviour_value=ctx.behaviour.estimate,
         diagnostics=diagnostics,
-        config=appr,
+        config=ctx.appr,
         estimator=primary,
         bound_method=method,
-        confidence=1.0 - cfg.lower_bound_delta,
+        confidence=1.0 - ctx.cfg.lower_bound_delta,
+        improvement=None if improvement is None else improvement.estimate,
+        power=None if improvement is None else improvement.power,
+        preconditions=ctx.preconditions.get(policy.name, ()),
     )
     log.info(
         "candidate evaluated",
         candidate=policy.name,
         estimate=round(p.estimate, 6),
         lower_bound=round(lower, 6),
-        behaviour=round(behaviour.estimate, 6),
+        behaviour=round(ctx.behaviour.estimate, 6),
+        improvement=None if improvement is None else round(improvement.estimate, 6),
         decision=verdict.decision,
     )
     return CandidateResult(
@@ -562,8 +694,10 @@ def _evaluate_one(
         primary_estimator=primary,
         lower_bound=lower,
         lower_bound_method=method,
-        clipped=clip is not None,
+        clipped=ctx.cfg.clipping.max_weight is not None,
         skipped=skipped,
+        improvement=improvement,
+        improvements=improvements,
     )
 
 

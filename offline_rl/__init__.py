@@ -6,7 +6,8 @@ does not import torch and d3rlpy.
 * data: ``load_transitions``, ``to_arrays``, ``to_mdp_dataset``, ``TransitionManifest``
 * splits: ``split_by_episode``, ``split_by_time``
 * training: ``train``, ``train_on_frame``, ``TrainResult``, ``FastTrainer``
-* artifacts: ``load_policy``, ``TrainedPolicy``
+* artifacts: ``load_policy`` (an agent or a certified candidate), ``TrainedPolicy``,
+  ``CertifiedPolicy``
 * models: ``BehaviourModel``, ``fit_predict_crossfit``, ``fill_propensities``,
   ``propensity_check``, ``ResponseModel``
 """
@@ -28,7 +29,8 @@ _EXPORTS = {
     "train_on_frame": "offline_rl.train",
     "TrainResult": "offline_rl.train",
     "FastTrainer": "offline_rl.fast_loop",
-    "load_policy": "offline_rl.artifacts",
+    "load_policy": "offline_rl.certified",
+    "CertifiedPolicy": "offline_rl.certified",
     "TrainedPolicy": "offline_rl.artifacts",
     "BehaviourModel": "offline_rl.behaviour",
     "fit_predict_crossfit": "offline_rl.behaviour",

@@ -255,6 +255,11 @@ def load_policy(folder: Path | str, device: str = "cpu:0") -> TrainedPolicy:
     path = Path(folder)
     if not path.is_dir():
         raise TrainingError(f"policy artifact not found: {path}")
+    if (path / "certified.json").is_file():
+        raise TrainingError(
+            f"{path} is a certified candidate around an agent: load it with "
+            "offline_rl.load_policy (offline_rl.certified.load_policy)"
+        )
     verify_checksums(path)
     meta: dict[str, Any] = {}
     for name in ("config", "data", "scalers", "metrics", "version"):

@@ -152,6 +152,12 @@ class BehaviourModel:
             self._model = BetaRegression(max_iter=self.config.max_iter).fit(x, u)
         return self
 
+    @property
+    def estimator_(self) -> Any:
+        """The fitted scikit-learn (or Beta regression) estimator."""
+        self._check()
+        return self._model
+
     def _scale(self, actions: NDArray[Any]) -> NDArray[np.float64]:
         a = np.asarray(actions, dtype=np.float64).reshape(-1)
         return (a - self.low) / (self.high - self.low)

@@ -47,6 +47,42 @@ class ResponseConfig(BaseModel):
     min_samples_leaf: int = Field(20, ge=1)
 
 
+class CertifyConfig(BaseModel):
+    """Certifiable candidates and their selection (the ``[certify]`` table; discrete agents).
+
+    The nightly job builds a family of stochastic policies between the logging policy and the
+    trained agent (``offline_rl.certified``), scores every member on a selection part of the
+    training users and tests only the pick on the held-out episodes (``evaluation.selection``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    """False: the greedy agent itself is the candidate (no family, no selection)."""
+    mixtures: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2, 0.35, 0.5, 1.0])
+    """Shares e of ``(1 - e) * behaviour + e * greedy agent``."""
+    spibb_n_wedge: list[float] = Field(
+        default_factory=lambda: [30.0, 100.0, 300.0, 1000.0, 3000.0]
+    )
+    """Pi_b-SPIBB: state-action pairs logged fewer times than this follow the behaviour."""
+    soft_spibb_epsilon: list[float] = Field(
+        default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1]
+    )
+    """Soft-SPIBB error budgets."""
+    kappa: float = Field(1.0, gt=0.0)
+    """Soft-SPIBB error scale: ``e(s, a) = kappa / sqrt(N(s, a))``."""
+    n_cells: int = Field(32, ge=1)
+    """k-means cells of the observations for SPIBB's pseudo-counts ``N(s, a)``."""
+    selection_fraction: float = Field(0.3, gt=0.0, lt=1.0)
+    """Share of the training users whose episodes select the member (never trained on)."""
+    inflation: float = Field(2.0, ge=1.0)
+    """HCPI's widening of the predicted lower bound (2 in Thomas et al. 2015)."""
+    seed: int = 0
+
+    def has_members(self) -> bool:
+        return bool(self.mixtures or self.spibb_n_wedge or self.soft_spibb_epsilon)
+
+
 class TrainConfig(BaseModel):
     """Which agent to train and how."""
 

@@ -5,6 +5,7 @@ Public API::
     simulate(config) -> SimulatedLogs(events, orders, truth)    # raw logs under the logging policy
     write_raw_logs(logs, root) / read_raw_logs(root)            # date-partitioned Parquet, atomic
     rollout(policy, config, observation_hook=...) -> RolloutResult   # true value with a 95 % CI
+    deployment_value(policy, config) -> RolloutResult           # value per new user's first episode
     as_policy(obj), constant_action(k), logging_policy(config), logging_probabilities(obs, config)
     simulate_summary(logs)                                      # one-screen summary frame
 
@@ -30,7 +31,14 @@ from simulator.policies import (
     logging_policy,
     logging_probabilities,
 )
-from simulator.rollout import ObservationHook, RolloutResult, rollout, value_from_truth
+from simulator.rollout import (
+    ObservationHook,
+    RolloutResult,
+    deployment_value,
+    deployment_world,
+    rollout,
+    value_from_truth,
+)
 from simulator.samples import SAMPLE_CONFIGS, write_sample_set
 
 __all__ = [
@@ -52,6 +60,8 @@ __all__ = [
     "as_policy",
     "constant_action",
     "continuous_density",
+    "deployment_value",
+    "deployment_world",
     "logging_policy",
     "logging_probabilities",
     "read_raw_logs",

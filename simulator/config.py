@@ -116,8 +116,10 @@ class SimulatorConfig(BaseModel):
     days: int = Field(28, gt=0)
     log_propensity: bool = True
 
-    arrival_days: int = Field(7, gt=0)
-    """Users make their first visit uniformly over the first ``arrival_days`` days."""
+    arrival_days: int | None = Field(None, gt=0)
+    """Users make their first visit on a day drawn uniformly from the first ``arrival_days``
+    days (at the usual time of day); ``None``: from every day of the simulated period (new users
+    every day, as on a live site). Bots arrive over the same window."""
     churn_days: int = Field(14, ge=2)
     """A user who has not churned always returns within this many days."""
     settlement_days: int = Field(14, ge=0)

@@ -99,6 +99,14 @@ def start_us(config: SimulatorConfig) -> int:
     return int(start.timestamp()) * US_PER_S
 
 
+def arrival_window(config: SimulatorConfig) -> int:
+    """Days over which the users' first visits are spread: ``arrival_days`` (at most ``days``),
+    or the whole simulated period when it is ``None``."""
+    if config.arrival_days is None:
+        return config.days
+    return min(config.arrival_days, config.days)
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function."""
     return np.asarray(1.0 / (1.0 + np.exp(-x)))
@@ -222,7 +230,7 @@ class Population:
             axis=1,
         )
         channel /= channel.sum(axis=1, keepdims=True)
-        arrival = min(config.arrival_days, config.days)
+        arrival = arrival_window(config)
         first = rng.integers(0, arrival, n) * US_PER_DAY + time_of_day(rng, n)
         if n_bots:
             s = np.concatenate([s, np.zeros(n_bots)])

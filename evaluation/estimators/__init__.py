@@ -16,6 +16,7 @@ from evaluation.estimators.importance_sampling import (
     WeightedIS,
     WeightedPerDecisionIS,
 )
+from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS
 from evaluation.estimators.on_policy import OnPolicyValue
 from evaluation.estimators.one_step import (
     IPW,
@@ -44,6 +45,8 @@ ESTIMATORS: dict[str, type[OffPolicyEstimator]] = {
         KernelIS,
         KernelWIS,
         KernelDR,
+        MarginalizedIS,
+        MarginalizedDR,
     )
 }
 
@@ -60,6 +63,8 @@ __all__ = [
     "KernelDR",
     "KernelIS",
     "KernelWIS",
+    "MarginalizedDR",
+    "MarginalizedIS",
     "OPEInput",
     "OffPolicyEstimator",
     "OnPolicyValue",

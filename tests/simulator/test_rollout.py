@@ -45,7 +45,7 @@ def test_true_values_are_ordered_as_the_design_implies() -> None:
     """Discounts build an expectation that costs margin later: always giving 10 % is worse than
     never giving anything (although it wins on the first session: greedy is wrong), and the
     logging policy (which hands out incentives about half of the time) sits in between."""
-    cfg = SimulatorConfig(n_users=20_000, seed=3)
+    cfg = SimulatorConfig(n_users=20_000, seed=3, arrival_days=7)  # the README's table
     none = rollout(constant_action(0), cfg)
     pct10 = rollout(constant_action(2), cfg)
     behaviour = rollout(logging_policy(cfg), cfg)

@@ -1,0 +1,338 @@
+"""The gate's error rates against the simulator's truth: power and false approvals.
+
+    .venv/bin/python -m benchmarks.approval_truth [--seeds 0,1,2] [--users 10000,50000]
+        [--bias 0,1] [--spaces discrete] [--steps 5000] [--truth-users 20000] [--out DIR]
+
+Every world (seed x users x logging bias x action space) is simulated with users arriving
+throughout ``--days`` days, and the whole nightly job (``ecomrl.pipeline.run_nightly``) runs on
+its last day: ETL, training on the fitting users, the certified family and its selection on the
+selection users, and the gate on the held-out users' complete first episodes. Beside the job's
+candidate the gate also judges, on the same held-out episodes, deliberately worse candidates:
+always the most expensive tier (``rule:constant=2``, 10 % off), uniform random, and the certified
+pick built around an agent trained on a corrupted (negated) reward, selected the same way.
+
+The truth of every candidate is its deployment value (``simulator.deployment_value``: the
+discounted return of a new user's first episode), measured by paired rollouts against the
+logging policy on the same ``--truth-users`` simulated users (common random numbers); the
+unconstrained agent and the simulator's hand-made targeting rule are measured beside them.
+
+Printed: one line per world and candidate, then, with Clopper-Pearson 95 % intervals,
+**power** (worlds whose shipped candidate is truly better in which the gate approved it),
+**false approvals** (approved candidates whose true gain is not above 0, among all approved),
+the coverage of the gate's paired interval for the improvement, the shipped gain against the
+unconstrained agent's and the targeting rule's, and how much tighter the paired bound is than
+the level comparison. ``--json`` writes every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from scipy import stats
+
+from ecomrl.config import EcomrlConfig, RunConfig
+from ecomrl.pipeline import TrainedAgents, build_candidates, run_nightly, split_logs
+from etl.features import ObservationBuilder
+from evaluation.config import DEFAULT_ESTIMATORS, EvaluateConfig
+from evaluation.data import TransitionsDataset
+from evaluation.evaluate import evaluate_candidates
+from offline_rl import load_policy, load_transitions
+from offline_rl.config import TrainConfig
+from offline_rl.train import train_on_frame
+from simulator import SimulatorConfig, deployment_value, logging_policy, simulate
+from simulator.logs import write_raw_logs
+from simulator.policies import TargetingRule, constant_action
+
+WORSE_RULES = {"discrete": ("rule:constant=2", 2), "continuous": ("rule:constant=0.3", 0.3)}
+
+
+@dataclass(frozen=True)
+class World:
+    seed: int
+    users: int
+    bias: float
+    space: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.space} bias={self.bias:g} users={self.users} seed={self.seed}"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval of ``k`` successes in ``n`` trials."""
+    if n == 0:
+        return math.nan, math.nan
+    a = (1 - level) / 2
+    low = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
+    high = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
+    return low, high
+
+
+def _config(world: World, raw: Path, runs: Path, steps: int) -> EcomrlConfig:
+    baselines = [WORSE_RULES[world.space][0]]
+    if world.space == "discrete":
+        baselines.append("rule:uniform")
+    run = RunConfig(input=raw, runs_dir=runs, baselines=baselines)
+    train = TrainConfig(n_steps=steps, seed=world.seed)
+    evaluate = EvaluateConfig(estimators=[*DEFAULT_ESTIMATORS, "mdr"])
+    return EcomrlConfig(run=run, train=train, evaluate=evaluate)
+
+
+def _simulate(world: World, days: int, raw: Path) -> SimulatorConfig:
+    cfg = SimulatorConfig(
+        n_users=world.users,
+        seed=world.seed,
+        days=days,
+        arrival_days=None,
+        action_space=world.space,
+        logging_discount_bias=world.bias if world.space == "discrete" else 0.0,
+    )
+    write_raw_logs(simulate(cfg), raw)
+    return cfg
+
+
+def _corrupted(
+    config: EcomrlConfig, date: Any, root: Path
+) -> tuple[Any, dict[str, Any] | None]:
+    """The certified pick around an agent trained on the negated reward, and its gate result."""
+    dataset = config.run.runs_dir / "dataset"
+    frame, manifest = load_transitions(dataset)
+    split = split_logs(frame, date, config)
+    bad = split.fit.with_columns(-pl.col("reward"))
+    trained = train_on_frame(bad, manifest, root / "corrupt", config.train)
+    agent = TrainedAgents(trained.artifact, None)
+    chosen = build_candidates(split, manifest, dataset, root / "corrupt_out", agent, config)
+    held = TransitionsDataset(frame=split.held_out, manifest=manifest.data, path=dataset)
+    result = evaluate_candidates(
+        held, chosen.policies[:1], config=config.evaluate, approval=config.approval,
+        preconditions=chosen.preconditions,
+    )
+    return chosen.artifact, result.to_dict()["candidates"][0]
+
+
+def _gate_rows(ope: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for c in ope["candidates"]:
+        imp = c.get("improvement") or {}
+        out[c["name"]] = {
+            "approved": bool(c["verdict"]["approved"]),
+            "estimated_gain": imp.get("estimate"),
+            "gain_lower_bound": imp.get("lower_bound"),
+            "gain_ci": (imp.get("ci_low"), imp.get("ci_high")),
+            "level_lower_bound": imp.get("level_lower_bound"),
+            "reason": c["verdict"]["decided_by"],
+            "intervals": {
+                name: [e.get("ci_low"), e.get("ci_high")]
+                for name, e in (c.get("improvements") or {}).items()
+            },
+        }
+    return out
+
+
+def _truth(
+    policies: dict[str, Any], sim: SimulatorConfig, hook: ObservationBuilder, users: int
+) -> dict[str, tuple[float, float]]:
+    """True gain over the logging policy (mean, 95 % half-width) by paired rollouts.
+
+    The seed is the logs' own (it also draws the catalogue: another seed is another world);
+    ``users`` differs from the logs' user count, so the rollout's users are a fresh draw.
+    """
+    seed = sim.seed
+    base = deployment_value(logging_policy(sim), sim, n_users=users, seed=seed)
+    out: dict[str, tuple[float, float]] = {"logging": (0.0, 0.0)}
+    for name, policy in policies.items():
+        uses_hook = not getattr(policy, "uses_default_observation", False)
+        result = deployment_value(
+            policy, sim, observation_hook=hook if uses_hook else None, n_users=users, seed=seed
+        )
+        out[name] = result.paired_difference(base)
+    out["_logging_value"] = (base.value, base.std_error)
+    return out
+
+
+def run_world(world: World, args: argparse.Namespace, root: Path) -> list[dict[str, Any]]:
+    """Simulate, run the nightly job, judge the worse candidates, measure every truth."""
+    clock = time.perf_counter()
+    raw, runs = root / "raw", root / "runs"
+    sim = _simulate(world, args.days, raw)
+    config = _config(world, raw, runs, args.steps)
+    date = sim.start_date + dt.timedelta(days=args.days - 1)
+    outcome = run_nightly(config, date)
+    run_json = json.loads((outcome.run_dir / "run.json").read_text())
+    ope = json.loads((outcome.run_dir / "evaluation" / "ope.json").read_text())
+    gate = _gate_rows(ope)
+    policies: dict[str, Any] = {
+        "candidate": load_policy(outcome.run_dir / run_json["candidate_artifact"]),
+        "agent:unconstrained": load_policy(outcome.run_dir / run_json["agent_artifact"]),
+        WORSE_RULES[world.space][0]: constant_action(WORSE_RULES[world.space][1]),
+    }
+    if world.space == "discrete":
+        policies["targeting-rule"] = TargetingRule()
+        policies["rule:uniform"] = [0.25, 0.25, 0.25, 0.25]
+        if args.corrupt:
+            artifact, row = _corrupted(config, date, root)
+            if row is not None:
+                gate["corrupted-reward"] = _gate_rows({"candidates": [row]})[row["name"]]
+            policies["corrupted-reward"] = load_policy(artifact)
+    hook = ObservationBuilder.from_manifest(runs / "dataset" / "_manifest.json")
+    truth = _truth(policies, sim, hook, args.truth_users)
+    rows = []
+    for name, (gain, half) in truth.items():
+        if name.startswith("_") or name == "logging":
+            continue
+        g = gate.get(name, {})
+        rows.append(
+            {
+                "world": world.label, "seed": world.seed, "users": world.users,
+                "bias": world.bias, "space": world.space, "candidate": name,
+                "true_gain": gain, "true_gain_half_width": half,
+                "pick": (run_json.get("selection") or {}).get("pick"),
+                **{k: v for k, v in g.items() if k != "gain_ci"},
+                "gain_ci": list(g.get("gain_ci", (None, None))),
+                "logging_value": truth["_logging_value"][0],
+                "seconds": time.perf_counter() - clock,
+            }
+        )
+    return rows
+
+
+def _line(row: dict[str, Any]) -> str:
+    est = row.get("estimated_gain")
+    lb = row.get("gain_lower_bound")
+    gate = "" if "approved" not in row else ("APPROVE" if row["approved"] else "reject")
+    return (
+        f"  {row['candidate']:<22} true {row['true_gain']:+6.2f} "
+        f"+- {row['true_gain_half_width']:.2f}   est {_fmt(est)} lb {_fmt(lb)}  {gate}"
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "   n/a" if value is None else f"{value:+6.2f}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[str]:
+    """Power, false approvals, coverage, shipped gain, tightness (module docstring)."""
+    cand = [r for r in rows if r["candidate"] == "candidate"]
+    better = [r for r in cand if r["true_gain"] > 0]
+    power_k = sum(r["approved"] for r in better)
+    approved = [r for r in rows if r.get("approved")]
+    false_k = sum(r["true_gain"] <= 0 for r in approved)
+    out = []
+    lo, hi = clopper_pearson(power_k, len(better))
+    out.append(f"power: {power_k}/{len(better)} worlds with a truly better candidate approved "
+               f"it ({lo:.2f}-{hi:.2f})")
+    lo, hi = clopper_pearson(false_k, len(approved))
+    out.append(f"false approvals: {false_k}/{len(approved)} approved candidates not truly better "
+               f"({lo:.2f}-{hi:.2f}); over every judged candidate: {false_k}/"
+               f"{sum('approved' in r for r in rows)}")
+    out.extend(_coverage(rows))
+    for space in sorted({r["space"] for r in rows}):
+        for users in sorted({r["users"] for r in rows}):
+            for bias in sorted({r["bias"] for r in rows}):
+                out.extend(_group(rows, space, users, bias))
+    return out
+
+
+CERTIFIED = ("candidate", "corrupted-reward")
+
+
+def _coverage(rows: list[dict[str, Any]]) -> list[str]:
+    """Coverage of each estimator's paired 95 % interval of the gain, certified picks apart."""
+    out = []
+    names = sorted({n for r in rows for n in (r.get("intervals") or {})})
+    for kind, keep in (("certified picks", True), ("other judged candidates", False)):
+        sel = [r for r in rows if r.get("intervals") and (r["candidate"] in CERTIFIED) == keep]
+        parts = []
+        for name in names:
+            cis = [(r["intervals"][name], r["true_gain"]) for r in sel if name in r["intervals"]]
+            cis = [(ci, g) for ci, g in cis if ci[0] is not None and ci[1] is not None]
+            k = sum(ci[0] <= g <= ci[1] for ci, g in cis)
+            lo, hi = clopper_pearson(k, len(cis))
+            parts.append(f"{name} {k}/{len(cis)} ({lo:.2f}-{hi:.2f})")
+        out.append(f"coverage of the paired 95 % interval of the gain, {kind}: " + ", ".join(parts))
+    return out
+
+
+def _group(rows: list[dict[str, Any]], space: str, users: int, bias: float) -> list[str]:
+    sel = [r for r in rows if r["space"] == space and r["users"] == users and r["bias"] == bias]
+    if not sel:
+        return []
+
+    def mean(name: str, key: str = "true_gain") -> float:
+        vals = [r[key] for r in sel if r["candidate"] == name and r.get(key) is not None]
+        return sum(vals) / len(vals) if vals else math.nan
+
+    cands = [r for r in sel if r["candidate"] == "candidate"]
+    shipped = [r["true_gain"] if r["approved"] else 0.0 for r in cands]
+    n_app = sum(r["approved"] for r in cands)
+    tight = [
+        (r["estimated_gain"] - r["gain_lower_bound"], r["estimated_gain"] - r["level_lower_bound"])
+        for r in cands
+        if r.get("level_lower_bound") is not None and r.get("gain_lower_bound") is not None
+    ]
+    ratio = (sum(b for _, b in tight) / sum(a for a, _ in tight)) if tight else math.nan
+    return [
+        f"{space} users={users} bias={bias:g}: approved {n_app}/{len(cands)}; true gain of the "
+        f"pick {mean('candidate'):+.2f}, shipped (0 when rejected) "
+        f"{sum(shipped) / max(len(shipped), 1):+.2f}, unconstrained agent "
+        f"{mean('agent:unconstrained'):+.2f}, targeting rule {mean('targeting-rule'):+.2f}; "
+        f"paired bound {ratio:.1f}x tighter than the level comparison"
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
+    p.add_argument("--users", type=_ints, default=[10_000, 50_000])
+    p.add_argument("--bias", type=_floats, default=[0.0, 1.0])
+    p.add_argument("--spaces", default="discrete")
+    p.add_argument("--days", type=int, default=70)
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--truth-users", type=int, default=30_000)
+    p.add_argument("--no-corrupt", dest="corrupt", action="store_false")
+    p.add_argument("--json", type=Path, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    worlds = [
+        World(seed, users, bias if space == "discrete" else 0.0, space)
+        for space in args.spaces.split(",")
+        for users in args.users
+        for bias in (args.bias if space == "discrete" else [0.0])
+        for seed in args.seeds
+    ]
+    rows: list[dict[str, Any]] = []
+    for world in worlds:
+        with tempfile.TemporaryDirectory(prefix="approval_truth_") as tmp:
+            world_rows = run_world(world, args, Path(tmp))
+        print(f"{world.label}  ({world_rows[0]['seconds']:.0f} s, pick {world_rows[0]['pick']})")
+        for row in world_rows:
+            print(_line(row))
+        rows.extend(world_rows)
+        if args.json is not None:
+            args.json.write_text(json.dumps(rows, indent=1, default=str))
+    print("\n".join(summarise(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
