@@ -204,6 +204,7 @@ def run_world(world: World, args: argparse.Namespace, root: Path) -> list[dict[s
                 "bias": world.bias, "space": world.space, "candidate": name,
                 "true_gain": gain, "true_gain_half_width": half,
                 "pick": (run_json.get("selection") or {}).get("pick"),
+                "selection": run_json.get("selection") if name == "candidate" else None,
                 **{k: v for k, v in g.items() if k != "gain_ci"},
                 "gain_ci": list(g.get("gain_ci", (None, None))),
                 "logging_value": truth["_logging_value"][0],
