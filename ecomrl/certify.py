@@ -20,8 +20,10 @@ from evaluation.selection import SelectionResult, select_candidate
 from offline_rl.behaviour import BehaviourModel
 from offline_rl.certified import (
     CertifiedPolicy,
+    CertifiedSpec,
     LinearBehaviour,
     StateCells,
+    advantage_scale,
     family_specs,
 )
 from offline_rl.config import BehaviourConfig, CertifyConfig
@@ -53,10 +55,17 @@ def build_family(
     cells = StateCells.fit(obs, actions, n_actions, config.n_cells, config.seed)
     has_critic = hasattr(agent, "predict_value") and _has_critic(agent)
     specs = family_specs(
-        config.mixtures, config.spibb_n_wedge, config.soft_spibb_epsilon, config.kappa, has_critic
+        config.mixtures, config.spibb_n_wedge, config.soft_spibb_epsilon, config.kappa,
+        has_critic, config.tilts,
     )
+    scale = 1.0
+    if has_critic:
+        probe = CertifiedPolicy(CertifiedSpec("behaviour"), behaviour, agent, cells)
+        scale = advantage_scale(probe.q_values(obs), behaviour.predict_proba(obs))
     return [
-        CertifiedPolicy(spec, behaviour, agent, cells, seed=config.seed + i)
+        CertifiedPolicy(
+            spec, behaviour, agent, cells, advantage_scale=scale, seed=config.seed + i
+        )
         for i, spec in enumerate(specs)
     ]
 

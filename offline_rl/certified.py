@@ -11,7 +11,15 @@ the gate can measure them (``evaluation.selection`` picks one member, the gate t
   best-supported action by the agent's Q;
 * ``soft_spibb``: Approx-Soft-SPIBB (Nadjahi, Laroche & Tachet des Combes, ECML-PKDD 2019):
   move mass towards the agent's best action within an error budget ``sum_a e(s,a) |pi - pi_b|
-  <= epsilon`` with ``e(s,a) = kappa / sqrt(N(s,a))``.
+  <= epsilon`` with ``e(s,a) = kappa / sqrt(N(s,a))``;
+* ``tilt``: ``pi(a|s) ∝ pi_b(a|s) exp(eta * A(s,a) / sigma_A)``, the behaviour policy tilted by
+  the agent's advantage ``A = Q - sum_a pi_b Q`` (``sigma_A`` its behaviour-weighted standard
+  deviation on the fitting data). It maximises the first-order gain ``sum_a (pi - pi_b) A`` under
+  a KL budget to ``pi_b`` (Peters, Muelling & Altun, AAAI 2010, relative entropy policy search;
+  the same solution as advantage-weighted regression, Peng et al. 2019): it spends the
+  deviation from ``pi_b``, which is what costs variance off-policy, where the advantage is
+  large, unlike the mixture, which moves every state by the same share. Its ratio to ``pi_b`` is
+  bounded by ``exp(eta * (A_max - A_min) / sigma_A)``.
 
 ``pi_b`` is the behaviour model (a multinomial logit, ``offline_rl.behaviour``) stored as plain
 coefficients; ``N(s, a)`` are pseudo-counts: the logged (cell, action) counts of the fitting
@@ -45,7 +53,7 @@ from offline_rl.spibb import mixture_policy, soft_spibb_policy, spibb_policy
 
 CERTIFIED_NAME = "certified.json"
 AGENT_DIR = "agent"
-Operator = Literal["behaviour", "mixture", "spibb", "soft_spibb"]
+Operator = Literal["behaviour", "mixture", "spibb", "soft_spibb", "tilt"]
 FloatArray = NDArray[np.float64]
 
 
@@ -176,7 +184,7 @@ class CertifiedSpec:
 
     operator: Operator
     parameter: float = 0.0
-    """mixture: the agent's share e; spibb: n_wedge; soft_spibb: the budget epsilon."""
+    """mixture: the agent's share e; spibb: n_wedge; soft_spibb: the budget epsilon; tilt: eta."""
     kappa: float = 1.0
     """soft_spibb: the error scale of ``e(s, a) = kappa / sqrt(N(s, a))``."""
 
@@ -188,7 +196,7 @@ class CertifiedSpec:
 
     @property
     def needs_q(self) -> bool:
-        return self.operator in ("spibb", "soft_spibb")
+        return self.operator in ("spibb", "soft_spibb", "tilt")
 
 
 class CertifiedPolicy:
@@ -207,6 +215,7 @@ class CertifiedPolicy:
         agent: Any,
         cells: StateCells | None = None,
         *,
+        advantage_scale: float = 1.0,
         seed: int = 0,
         folder: Path | None = None,
     ) -> None:
@@ -216,6 +225,7 @@ class CertifiedPolicy:
         self.behaviour = behaviour
         self.agent = agent
         self.cells = cells
+        self.advantage_scale = advantage_scale
         self.folder = folder
         self.n_actions = behaviour.n_actions
         self.discrete = True
@@ -248,6 +258,8 @@ class CertifiedPolicy:
             probs = pi_b
         elif spec.operator == "mixture":
             probs = mixture_policy(pi_b, self._greedy(obs), spec.parameter)
+        elif spec.operator == "tilt":
+            probs = tilt_policy(self.q_values(obs), pi_b, spec.parameter / self.advantage_scale)
         else:
             assert self.cells is not None
             q = self.q_values(obs)
@@ -282,6 +294,7 @@ class CertifiedPolicy:
             "operator": self.spec.operator,
             "parameter": self.spec.parameter,
             "kappa": self.spec.kappa,
+            "advantage_scale": self.advantage_scale,
             "behaviour": self.behaviour.to_dict(),
             "cells": None if self.cells is None else self.cells.to_dict(),
         }
@@ -316,7 +329,26 @@ def load_certified(folder: Path | str, agent: Any, seed: int = 0) -> CertifiedPo
     spec = CertifiedSpec(meta["operator"], float(meta["parameter"]), float(meta["kappa"]))
     cells = None if meta["cells"] is None else StateCells.from_dict(meta["cells"])
     behaviour = LinearBehaviour.from_dict(meta["behaviour"])
-    return CertifiedPolicy(spec, behaviour, agent, cells, seed=seed, folder=Path(folder))
+    scale = float(meta.get("advantage_scale", 1.0))
+    return CertifiedPolicy(
+        spec, behaviour, agent, cells, advantage_scale=scale, seed=seed, folder=Path(folder)
+    )
+
+
+def tilt_policy(q: FloatArray, behaviour: FloatArray, eta: float) -> FloatArray:
+    """``pi(a|s) ∝ pi_b(a|s) exp(eta * A(s, a))`` with ``A = q - sum_a pi_b q`` (rows of (n, K))."""
+    advantage = q - np.sum(behaviour * q, axis=1, keepdims=True)
+    logits = eta * advantage
+    logits = logits - logits.max(axis=1, keepdims=True)
+    weights = behaviour * np.exp(logits)
+    return np.asarray(weights / weights.sum(axis=1, keepdims=True))
+
+
+def advantage_scale(q: FloatArray, behaviour: FloatArray) -> float:
+    """The behaviour-weighted standard deviation of the advantage (1 when it is 0)."""
+    advantage = q - np.sum(behaviour * q, axis=1, keepdims=True)
+    scale = float(np.sqrt(np.mean(np.sum(behaviour * advantage**2, axis=1))))
+    return scale if scale > 1e-12 and np.isfinite(scale) else 1.0
 
 
 def family_specs(
@@ -325,10 +357,12 @@ def family_specs(
     soft_spibb_epsilon: list[float],
     kappa: float,
     has_critic: bool,
+    tilts: list[float] | None = None,
 ) -> list[CertifiedSpec]:
-    """The members of the family (SPIBB members only when the agent has a critic)."""
+    """The members of the family (the Q-based members only when the agent has a critic)."""
     specs = [CertifiedSpec("mixture", float(e)) for e in mixtures]
     if has_critic:
+        specs += [CertifiedSpec("tilt", float(e)) for e in tilts or []]
         specs += [CertifiedSpec("spibb", float(n)) for n in spibb_n_wedge]
         specs += [CertifiedSpec("soft_spibb", float(e), kappa) for e in soft_spibb_epsilon]
     return specs

@@ -51,8 +51,9 @@ class CertifyConfig(BaseModel):
     """Certifiable candidates and their selection (the ``[certify]`` table; discrete agents).
 
     The nightly job builds a family of stochastic policies between the logging policy and the
-    trained agent (``offline_rl.certified``), scores every member on a selection part of the
-    training users and tests only the pick on the held-out episodes (``evaluation.selection``).
+    trained agent (``offline_rl.certified``: mixtures, advantage tilts, SPIBB, Soft-SPIBB),
+    scores every member on a selection part of the training users and tests only the pick on
+    the held-out episodes (``evaluation.selection``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -69,6 +70,8 @@ class CertifyConfig(BaseModel):
         default_factory=lambda: [0.005, 0.01, 0.02, 0.05, 0.1]
     )
     """Soft-SPIBB error budgets."""
+    tilts: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    """Advantage tilts ``pi ∝ pi_b exp(eta A / sigma_A)``: the values of eta."""
     kappa: float = Field(1.0, gt=0.0)
     """Soft-SPIBB error scale: ``e(s, a) = kappa / sqrt(N(s, a))``."""
     n_cells: int = Field(32, ge=1)
@@ -80,7 +83,9 @@ class CertifyConfig(BaseModel):
     seed: int = 0
 
     def has_members(self) -> bool:
-        return bool(self.mixtures or self.spibb_n_wedge or self.soft_spibb_epsilon)
+        return bool(
+            self.mixtures or self.spibb_n_wedge or self.soft_spibb_epsilon or self.tilts
+        )
 
 
 class TrainConfig(BaseModel):

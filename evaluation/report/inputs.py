@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import structlog
 
+from evaluation.improvement import PowerAnalysis
 from evaluation.report.drift import PSI_THRESHOLD, drift_from_transitions
 from evaluation.report.errors import ReportError
 from evaluation.report.model import (
@@ -22,9 +23,12 @@ from evaluation.report.model import (
     DataSummary,
     DriftSummary,
     EstimateRow,
+    ImprovementRow,
     PolicyValue,
     ReportInputs,
     ReportVerdict,
+    SelectionMember,
+    SelectionSummary,
     WeightSummary,
     fmt_number,
 )
@@ -278,7 +282,60 @@ def _candidate(entry: Mapping[str, Any], primary_default: str) -> CandidateSumma
         approved=bool(_get(verdict, "approved")),
         weights=_weights(diag, bool(entry.get("clipped"))),
         notes=_candidate_notes(entry, diag),
+        improvement=_improvement(entry.get("improvement"), str(entry.get("primary_estimator"))),
     )
+
+
+def _improvement(raw: Any, estimator: str) -> ImprovementRow | None:
+    if not isinstance(raw, Mapping):
+        return None
+    return ImprovementRow(
+        estimate=_float(raw.get("estimate")),
+        ci_low=_float(raw.get("ci_low")),
+        ci_high=_float(raw.get("ci_high")),
+        lower_bound=_float(raw.get("lower_bound")),
+        level_lower_bound=_float(raw.get("level_lower_bound")),
+        estimator=estimator,
+    )
+
+
+def _selection(raw: Any) -> SelectionSummary | None:
+    if not isinstance(raw, Mapping) or not raw.get("built"):
+        return None
+    members = [
+        SelectionMember(
+            label=str(m.get("label")),
+            estimate=_float(m.get("estimate")),
+            predicted_lower_bound=_float(m.get("predicted_lower_bound")),
+            eligible=bool(m.get("eligible")),
+            reason=str(m.get("reason") or ""),
+        )
+        for m in raw.get("members") or []
+        if isinstance(m, Mapping)
+    ]
+    n_sel, n_test = _float(raw.get("n_selection")), _float(raw.get("n_test"))
+    return SelectionSummary(
+        members=members,
+        pick=None if raw.get("pick") is None else str(raw.get("pick")),
+        certifiable=bool(raw.get("certifiable")),
+        margin=_float(raw.get("margin")),
+        n_selection=None if n_sel is None else int(n_sel),
+        n_test=None if n_test is None else int(n_test),
+        predicted_lower_bound=_float(raw.get("predicted_lower_bound")),
+        realised_lower_bound=_float(raw.get("realised_lower_bound")),
+    )
+
+
+def _power_sentence(verdict: Mapping[str, Any], margin: float) -> str | None:
+    power = verdict.get("power")
+    if not isinstance(power, Mapping) or verdict.get("approved"):
+        return None
+    try:
+        return PowerAnalysis(**{k: power[k] for k in PowerAnalysis.__dataclass_fields__}).sentence(
+            margin
+        )
+    except (KeyError, TypeError):
+        return None
 
 
 def _behaviour(raw: Any, n_episodes: int | None) -> PolicyValue:
@@ -415,6 +472,8 @@ def report_inputs_from_ope(
         margin=max(0.0, margin),
         checks=chosen.checks,
         margin_detail=_margin_detail(approval, behaviour.value),
+        improvement=_float(verdict_raw.get("improvement")),
+        power=_power_sentence(verdict_raw, max(0.0, margin)),
     )
     notes = [str(n) for n in ope.get("notes", []) if isinstance(n, str)]
     propensity = ope.get("propensity")
@@ -443,6 +502,8 @@ def report_inputs_from_ope(
         drift=drift,
         behaviour_model=behaviour_model,
         notes=notes,
+        selection=_selection(ope.get("selection")),
+        holdout=None if ope.get("holdout") is None else str(ope.get("holdout")),
     )
 
 

@@ -134,6 +134,44 @@ class PolicyValue:
 
 
 @dataclass(frozen=True)
+class ImprovementRow:
+    """The paired estimate of the candidate's gain over the current policy."""
+
+    estimate: float | None
+    ci_low: float | None
+    ci_high: float | None
+    lower_bound: float | None
+    level_lower_bound: float | None
+    """The gain's bound had the candidate's value been compared unpaired (for contrast)."""
+    estimator: str = ""
+
+
+@dataclass(frozen=True)
+class SelectionMember:
+    """One member of the candidate family, as the selection episodes scored it."""
+
+    label: str
+    estimate: float | None
+    predicted_lower_bound: float | None
+    eligible: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SelectionSummary:
+    """How the candidate was chosen (HCPI): the family, the pick, predicted against realised."""
+
+    members: list[SelectionMember]
+    pick: str | None
+    certifiable: bool
+    margin: float | None
+    n_selection: int | None
+    n_test: int | None
+    predicted_lower_bound: float | None
+    realised_lower_bound: float | None
+
+
+@dataclass(frozen=True)
 class CandidateSummary:
     """Everything the report says about one candidate policy."""
 
@@ -150,6 +188,7 @@ class CandidateSummary:
     approved: bool
     weights: WeightSummary | None = None
     notes: list[str] = field(default_factory=list)
+    improvement: ImprovementRow | None = None
 
     @property
     def primary(self) -> EstimateRow | None:
@@ -186,6 +225,10 @@ class ReportVerdict:
     checks: list[Check] = field(default_factory=list)
     margin_detail: str = ""
     """How the margin was set, e.g. ``"the larger of 0.1 and 2 % of the current value"``."""
+    improvement: float | None = None
+    """The paired estimate of the gain, when the gate tested the improvement."""
+    power: str | None = None
+    """When the evidence is too thin: the smallest certifiable gain and the data still needed."""
 
     @property
     def decision(self) -> str:
@@ -213,6 +256,15 @@ class ReportVerdict:
     def value_clause(self) -> str:
         """The value rule with the numbers, e.g. "the lower 95 % bound ... (3.1) does not ..."."""
         level = fmt_number(round(100 * self.lower_bound_level, 2))
+        if self.improvement is not None and self.lower_bound is not None:
+            verb = "clears" if self.beats_margin else "does not clear"
+            return (
+                f"the lower {level} % bound of the candidate's gain over {self.baseline}, "
+                "measured paired on the same held-out episodes "
+                f"({fmt_number(self.lower_bound - self.baseline_value)}; estimated gain "
+                f"{fmt_number(self.improvement)}) {verb} the required margin "
+                f"({fmt_number(self.margin)})"
+            )
         verb = "beats" if self.beats_margin else "does not beat"
         text = (
             f"the lower {level} % bound of the candidate's value "
@@ -236,6 +288,8 @@ class ReportVerdict:
             text = f"Rejected: {self.value_clause}."
             if failed:
                 text += f" Failed checks: {failed_text}."
+            if self.power:
+                text += f" {self.power}"
             return text
         if failed:
             return (
@@ -371,6 +425,9 @@ class ReportInputs:
     """Input name to path, shown at the bottom of the report."""
     notes: list[str] = field(default_factory=list)
     """Plain-language caveats (estimated propensities, clipping, missing inputs)."""
+    selection: SelectionSummary | None = None
+    holdout: str | None = None
+    """How the evaluated episodes were held out, in words."""
 
 
 def _clean(value: Any) -> Any:

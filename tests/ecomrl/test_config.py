@@ -54,3 +54,17 @@ def test_shipped_configs_validate() -> None:
     for path in [root / "configs" / "nightly.toml", root / "ecomrl" / "demo.toml"]:
         config = load_config(path)
         assert config.run.eval_days >= 1, path
+
+
+@pytest.mark.parametrize("name", ["dm", "mdr", "is"])
+def test_a_primary_estimator_without_measured_coverage_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"evaluate": {"primary_estimator": name}})
+    message = str(info.value)
+    assert "evaluate.primary_estimator" in message
+    assert f"'{name}'" in message and "90 %" in message
+
+
+def test_the_gate_estimators_are_accepted() -> None:
+    for name in ("dr", "wdr", "pdis", "wpdis", "wis"):
+        assert config_from_dict({"evaluate": {"primary_estimator": name}}).evaluate

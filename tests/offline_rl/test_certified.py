@@ -15,8 +15,10 @@ from offline_rl.certified import (
     CertifiedSpec,
     LinearBehaviour,
     StateCells,
+    advantage_scale,
     family_specs,
     load_policy,
+    tilt_policy,
 )
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest
@@ -90,10 +92,11 @@ def test_members_span_behaviour_to_agent(
         (CertifiedSpec("mixture", 1.0), np.eye(4)[agent.predict(x)]),
         (CertifiedSpec("spibb", np.inf), pi_b),
         (CertifiedSpec("soft_spibb", 0.0), pi_b),
+        (CertifiedSpec("tilt", 0.0), pi_b),
     ):
         probs = _member(spec, discrete_data, agent).action_probabilities(x)
         np.testing.assert_allclose(probs, expected, atol=1e-12, err_msg=spec.label)
-    for spec in family_specs([0.3], [5.0], [0.1], 1.0, has_critic=True):
+    for spec in family_specs([0.3], [5.0], [0.1], 1.0, has_critic=True, tilts=[1.0]):
         probs = _member(spec, discrete_data, agent).action_probabilities(x)
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-9)
     # sampling follows the probabilities
@@ -101,6 +104,23 @@ def test_members_span_behaviour_to_agent(
     obs = np.repeat(x[:1], 20_000, axis=0)
     freq = np.bincount(member.act(obs, np.random.default_rng(3)), minlength=4) / 20_000
     np.testing.assert_allclose(freq, member.action_probabilities(x[:1])[0], atol=0.015)
+
+
+def test_tilt_moves_mass_by_advantage_and_keeps_a_bounded_ratio() -> None:
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(300, 4))
+    behaviour = rng.dirichlet(np.ones(4), size=300)
+    np.testing.assert_allclose(tilt_policy(q, behaviour, 0.0), behaviour, atol=1e-12)
+    sharp = tilt_policy(q, behaviour, 200.0)
+    np.testing.assert_array_equal(sharp.argmax(axis=1), q.argmax(axis=1))
+    for eta in (0.5, 2.0):
+        pi = tilt_policy(q, behaviour, eta)
+        advantage = q - np.sum(behaviour * q, axis=1, keepdims=True)
+        # first-order gain is never negative, and grows with eta
+        assert np.all(np.sum((pi - behaviour) * advantage, axis=1) >= -1e-12)
+        spread = advantage.max(axis=1) - advantage.min(axis=1)
+        assert np.all(pi / behaviour <= np.exp(eta * spread)[:, None] + 1e-9)
+    assert advantage_scale(np.ones((5, 4)), behaviour[:5]) == 1.0
 
 
 def test_certified_artifact_round_trips_and_refuses_tampering(
@@ -113,7 +133,7 @@ def test_certified_artifact_round_trips_and_refuses_tampering(
     )
     trained = train_on_frame(frame, manifest, tmp_path / "train", config, progress=False)
     agent = load_policy(trained.artifact)
-    member = _member(CertifiedSpec("soft_spibb", 0.2), discrete_data, agent)
+    member = _member(CertifiedSpec("tilt", 2.0), discrete_data, agent)
     folder = member.save(tmp_path / "certified", trained.artifact)
     loaded = load_policy(folder)
     assert isinstance(loaded, CertifiedPolicy)
@@ -122,6 +142,6 @@ def test_certified_artifact_round_trips_and_refuses_tampering(
     with pytest.raises(TrainingError, match="certified candidate"):
         artifacts.load_policy(folder)
     meta = folder / "certified.json"
-    meta.write_text(meta.read_text().replace('"soft_spibb"', '"mixture"'))
+    meta.write_text(meta.read_text().replace('"tilt"', '"mixture"'))
     with pytest.raises(TrainingError, match="tampered"):
         load_policy(folder)

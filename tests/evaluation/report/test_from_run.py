@@ -148,7 +148,8 @@ def test_an_approved_candidate_reads_approved(approved_run: RunFiles, tmp_path: 
     inputs = report_inputs_from_run(approved_run.ope_json, approved_run.manifest)
     assert inputs.verdict.approved
     assert inputs.verdict.sentence.startswith("Approved: the lower 95 % bound")
-    assert "beats the current policy's value" in inputs.verdict.sentence
+    assert "gain over the current policy" in inputs.verdict.sentence
+    assert "clears the required margin" in inputs.verdict.sentence
     paths = render_report(inputs, tmp_path)
     assert '<section id="verdict" class="verdict approve">' in paths.html.read_text("utf-8")
 
