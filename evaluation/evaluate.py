@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OP
 from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
 from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS
 from evaluation.estimators.on_policy import OnPolicyValue
+from evaluation.fit_bootstrap import fit_bootstrap_dm
 from evaluation.improvement import PowerAnalysis, paired_difference, power_analysis
 from evaluation.intervals import IntervalSummary, ResampleCounts, summarise
 from evaluation.propensity import CalibrationReport, fill_missing_propensities
@@ -220,7 +221,8 @@ class EvaluationResult:
         if self.propensity.get("estimated"):
             out.append(str(self.propensity.get("note")))
         estimators = self.config.get("estimators", [])
-        if "dm" in estimators or "dm_bandit" in estimators:
+        refit = bool(self.config.get("fit_bootstrap", {}).get("enabled"))
+        if ("dm" in estimators and not refit) or "dm_bandit" in estimators:
             out.append(
                 "The direct method's interval resamples episodes but not the model fit, so it "
                 "understates its uncertainty; the approval rule uses "
@@ -557,6 +559,41 @@ def _primary_name(ctx: _Context, available: Sequence[str], policy: str) -> str:
     return fallback[0]
 
 
+def _refit_dm(
+    ctx: _Context, probs: CandidateProbabilities, policy: Candidate, result: EstimatorResult
+) -> EstimatorResult:
+    """The direct method's row with intervals from refitting the model (``fit_bootstrap``)."""
+    fb = ctx.cfg.fit_bootstrap
+    action = probs.action
+    if policy.is_behaviour and not ctx.data.action_space.is_discrete:
+        action = np.asarray(ctx.data.action, dtype=np.float64)
+    boot = fit_bootstrap_dm(
+        ctx.data,
+        ctx.cfg.direct,
+        target_distribution=probs.distribution,
+        target_action=action,
+        n_resamples=fb.n_resamples,
+        confidence=ctx.cfg.confidence,
+        seed=fb.seed,
+        delta=ctx.cfg.lower_bound_delta,
+        interval=fb.interval,
+    )
+    return replace(
+        result,
+        se=boot.se,
+        ci_low=boot.ci_low,
+        ci_high=boot.ci_high,
+        ci_method=f"fit bootstrap {boot.interval}",
+        percentile_low=boot.percentile_low,
+        percentile_high=boot.percentile_high,
+        bca_low=boot.ci_low,
+        bca_high=boot.ci_high,
+        lower_bound_t=boot.lower_bound,
+        lower_bound_bernstein=None,
+        n_resamples=boot.n_resamples,
+    )
+
+
 def _improvements(
     ctx: _Context, stats: list[EpisodeStatistics], results: list[EstimatorResult]
 ) -> dict[str, ImprovementResult]:
@@ -653,6 +690,9 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
         for e, s in zip(estimators, summaries, strict=True)
     ]
     names = [r.estimator for r in results]
+    if ctx.cfg.fit_bootstrap.enabled and "dm" in names:
+        i = names.index("dm")
+        results[i] = _refit_dm(ctx, probs, policy, results[i])
     primary = _primary_name(ctx, names, policy.name)
     p = results[names.index(primary)]
     improvement: ImprovementResult | None = None

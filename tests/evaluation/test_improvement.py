@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy import stats
 
 from evaluation.approval import approve
-from evaluation.config import ApprovalConfig
+from evaluation.candidates import TablePolicy
+from evaluation.config import ApprovalConfig, EvaluateConfig
+from evaluation.evaluate import evaluate_candidates
 from evaluation.estimators import DoublyRobust, OnPolicyValue, OPEInput, WeightedIS
 from evaluation.improvement import paired_difference, power_analysis
 from evaluation.intervals import summarise
@@ -113,3 +116,28 @@ def test_verdict_words_say_gain_and_how_much_more_data() -> None:
     assert "estimated gain is 0.2" in verdict.decided_by
     assert "more days" in verdict.decided_by
     assert verdict.to_dict()["power"]["episodes_needed"] == pytest.approx(power.episodes_needed)
+
+
+def test_fit_bootstrap_replaces_the_direct_method_interval_in_evaluate() -> None:
+    data, states = MDP.sample(BEHAVIOUR, 300, np.random.default_rng(9))
+    assert data.decision_id is not None
+    table = pl.DataFrame(
+        {
+            "decision_id": np.repeat(data.decision_id, 3),
+            "action": np.tile(np.arange(3), data.n_decisions),
+            "probability": CLOSE[states].reshape(-1),
+        }
+    )
+    results = {}
+    for enabled in (False, True):
+        cfg = EvaluateConfig.model_validate(
+            {"estimators": ["dr", "dm"], "bootstrap": {"n_resamples": 100},
+             "fit_bootstrap": {"enabled": enabled, "n_resamples": 40},
+             "direct": {"step_interactions": True}}
+        )
+        out = evaluate_candidates(data, [TablePolicy(table, name="close")], config=cfg)
+        results[enabled] = out.candidate("close").estimate("dm")
+    fixed, refit = results[False], results[True]
+    assert refit.ci_method == "fit bootstrap percentile"
+    assert refit.estimate == pytest.approx(fixed.estimate)
+    assert refit.se > 1.5 * fixed.se  # the fit's own variance, ignored by the fixed fit
