@@ -12,8 +12,8 @@ from scipy import stats
 from evaluation.approval import approve
 from evaluation.candidates import TablePolicy
 from evaluation.config import ApprovalConfig, EvaluateConfig
-from evaluation.evaluate import evaluate_candidates
 from evaluation.estimators import DoublyRobust, OnPolicyValue, OPEInput, WeightedIS
+from evaluation.evaluate import evaluate_candidates
 from evaluation.improvement import paired_difference, power_analysis
 from evaluation.intervals import summarise
 from evaluation.synthetic import TabularMDP, mix, softmax_policy
