@@ -73,42 +73,53 @@ def register(app: typer.Typer) -> None:
 def _truth(sample: Path, run_dir: Path, dataset: Path, n_users: int) -> None:
     from etl import ObservationBuilder
     from offline_rl import load_policy
-    from simulator import SimulatorConfig, logging_policy, rollout
+    from simulator import SimulatorConfig, deployment_value, logging_policy
 
     sim_config = SimulatorConfig.model_validate_json((sample / "_simulator.json").read_text())
     hook = ObservationBuilder.from_manifest(dataset / "_manifest.json")
     summary = json.loads((run_dir / "run.json").read_text())
     # The seed also draws the simulated world (catalogue, segments): keep it, so the truth is of
-    # the world the logs came from; more users than the logs only narrows the interval.
+    # the world the logs came from; another number of users draws fresh users of that world.
+    # The value is the gate's: the discounted return of a new user's first episode.
     seed = sim_config.seed
-    results = {
-        "logging policy": rollout(
-            logging_policy(sim_config), sim_config, n_users=n_users, seed=seed
-        ),
-        "candidate": rollout(
-            load_policy(run_dir / summary["candidate_artifact"]), sim_config,
-            observation_hook=hook,
-            n_users=n_users, seed=seed,
-        ),
-    }
+    base = deployment_value(logging_policy(sim_config), sim_config, n_users=n_users, seed=seed)
+    shipped = deployment_value(
+        load_policy(run_dir / summary["candidate_artifact"]), sim_config,
+        observation_hook=hook, n_users=n_users, seed=seed,
+    )
+    gain, half = shipped.paired_difference(base)
     ope = json.loads((run_dir / "evaluation" / "ope.json").read_text())
     candidate = next(c for c in ope["candidates"] if c["name"] == "candidate")
-    primary = next(e for e in candidate["estimates"] if e["estimator"] == ope["primary_estimator"])
-    estimated = {"logging policy": ope["behaviour"], "candidate": primary}
-    for name, result in results.items():
-        est = estimated[name]
+    improvement = candidate.get("improvement") or {}
+    verdict = candidate["verdict"]
+    typer.echo(
+        f"  logging policy  true value {base.value:7.3f} [{base.ci_low:.3f}, {base.ci_high:.3f}]"
+        f"   estimated from the logs {ope['behaviour']['estimate']:7.3f}"
+    )
+    typer.echo(
+        f"  candidate       true gain {gain:+7.3f} +- {half:.3f} (paired rollouts)   estimated "
+        f"gain {improvement.get('estimate', float('nan')):+7.3f} "
+        f"[{improvement.get('ci_low', float('nan')):.3f}, "
+        f"{improvement.get('ci_high', float('nan')):.3f}]"
+    )
+    shipped_text = "shipped" if verdict["approved"] else "not shipped: the logging policy stays"
+    typer.echo(f"  what the job did: {shipped_text}")
+    power = verdict.get("power") or {}
+    if not verdict["approved"] and power:
         typer.echo(
-            f"  {name:<15} true value {result.value:7.3f} [{result.ci_low:.3f}, "
-            f"{result.ci_high:.3f}]   estimated from the logs ({est['estimator']}) "
-            f"{est['estimate']:7.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
+            f"  these logs ({power['n_episodes']} held-out episodes) can certify gains of "
+            f"{power['smallest_certifiable_gain']:.3g} per episode or more; the true gain "
+            f"is {gain:+.3g}"
         )
     (run_dir.parent / "demo_truth.json").write_text(
         json.dumps(
             {
-                name: {"value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high}
-                for name, r in results.items()
-            }
-            | {"estimated": estimated},
+                "logging policy": {"value": base.value, "ci_low": base.ci_low,
+                                   "ci_high": base.ci_high},
+                "candidate": {"true_gain": gain, "half_width": half,
+                              "approved": verdict["approved"]},
+                "estimated": {"behaviour": ope["behaviour"], "improvement": improvement},
+            },
             indent=2,
         )
     )
