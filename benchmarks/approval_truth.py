@@ -122,7 +122,7 @@ def _corrupted(
     held = TransitionsDataset(frame=split.held_out, manifest=manifest.data, path=dataset)
     result = evaluate_candidates(
         held, chosen.policies[:1], config=config.evaluate, approval=config.approval,
-        preconditions=chosen.preconditions,
+        selection_notes=chosen.selection_notes,
     )
     return chosen.artifact, result.to_dict()["candidates"][0]
 

@@ -99,7 +99,7 @@ class Candidates:
     artifact: Path
     agent_artifact: Path
     selection: dict[str, Any] | None
-    preconditions: dict[str, list[Any]]
+    selection_notes: dict[str, str]
 
 
 def split_logs(frame: pl.DataFrame, date: dt.date, config: EcomrlConfig) -> RunSplit:
@@ -180,7 +180,7 @@ def build_candidates(
     ]
     return Candidates(
         policies, artifact, trained.agent, {"built": True, **result.to_dict()},
-        {"candidate": [result.check()]},
+        {} if result.note() is None else {"candidate": str(result.note())},
     )
 
 
@@ -243,7 +243,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             result = evaluate_candidates(
                 held_out, policies, config=config.evaluate, approval=config.approval,
                 data_path=dataset, episodes_per_day=split.episodes_per_day,
-                preconditions=chosen.preconditions,
+                selection_notes=chosen.selection_notes,
             )
             result = replace(
                 result,

@@ -14,7 +14,6 @@ much more data would decide (``PowerAnalysis``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -71,10 +70,6 @@ class Verdict:
         }
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4g}"
-
-
 def _check(name: str, value: float | None, threshold: float, comparison: str, text: str) -> Check:
     if value is None:
         return Check(name, None, threshold, comparison, True, text + " (not applicable)")
@@ -97,7 +92,7 @@ def approve(
     confidence: float = 0.95,
     improvement: float | None = None,
     power: PowerAnalysis | None = None,
-    preconditions: Sequence[Check] = (),
+    selection_note: str | None = None,
 ) -> Verdict:
     """Apply the approval rule to one candidate.
 
@@ -106,8 +101,8 @@ def approve(
     ``primary_se``, ``calibration_error`` (when the propensities were estimated).
     ``improvement`` (the paired point estimate of the gain) and ``power`` come with a paired
     comparison; ``lower_bound`` is then the behaviour's value plus the gain's lower bound.
-    ``preconditions`` are checks decided before the test (the candidate selection's
-    ``certifiable_selection``): they come first and decide the verdict's wording when they fail.
+    ``selection_note`` (the nightly job's candidate selection, when no member was predicted to
+    clear the margin) is added to the words of a rejection.
     """
     cfg = config or ApprovalConfig()
     margin = cfg.margin(behaviour_value)
@@ -122,7 +117,6 @@ def approve(
         else f"current policy's value plus the paired {estimator} estimate of the gain"
     )
     checks = [
-        *preconditions,
         _check(
             "improvement",
             lower_bound,
@@ -200,15 +194,6 @@ def approve(
             )
         return Verdict(True, text, checks, *extra)
     first = failed[0]
-    if first.name == "certifiable_selection":
-        text = (
-            "Rejected: no member of the candidate family was predicted to clear the margin "
-            f"{margin:.4g} on the held-out episodes (best predicted lower bound of the gain: "
-            f"{_fmt(first.value)}), so none was put to the test."
-        )
-        if power is not None:
-            text += " " + power.sentence(margin)
-        return Verdict(False, text, checks, *extra)
     if first.name == "improvement":
         text = (
             f"Rejected: the candidate is not shown to beat the current policy. Its value is at "
@@ -227,6 +212,8 @@ def approve(
         others = [c.name for c in failed[1:]]
         if others:
             text += f" Reliability checks also failed: {', '.join(others)}."
+        if selection_note:
+            text += " " + selection_note
     else:
         names = ", ".join(c.name for c in failed)
         text = (

@@ -20,7 +20,7 @@ import polars as pl
 import structlog
 from tqdm.auto import tqdm
 
-from evaluation.approval import Check, Verdict, approve
+from evaluation.approval import Verdict, approve
 from evaluation.candidates import Candidate, CandidateProbabilities, parse_policy_spec
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData, TransitionsDataset, load_transitions
@@ -386,7 +386,7 @@ def evaluate_candidates(
     *,
     data_path: Path | str | None = None,
     episodes_per_day: float | None = None,
-    preconditions: Mapping[str, Sequence[Check]] | None = None,
+    selection_notes: Mapping[str, str] | None = None,
 ) -> EvaluationResult:
     """Evaluate each candidate off-policy against the logged behaviour policy.
 
@@ -394,8 +394,8 @@ def evaluate_candidates(
     are :class:`~evaluation.candidates.Candidate` objects or policy SPEC strings
     (``rule:constant=2``, ``rule:behaviour``, ``table:PATH``, ``artifact:PATH``).
     ``episodes_per_day``: how many such episodes the logs gain per day (the power analysis
-    turns the episodes still needed into days of logs). ``preconditions``: checks decided
-    before the test, per candidate name (the selection's ``certifiable_selection``).
+    turns the episodes still needed into days of logs). ``selection_notes``: per candidate name,
+    what the candidate selection said when no member was predicted to clear the margin.
     """
     cfg = config or EvaluateConfig()
     appr = approval or ApprovalConfig()
@@ -436,7 +436,7 @@ def evaluate_candidates(
 
     ctx = _Context(
         episodes, names, skipped, cfg, appr, behaviour, propensity, counts, episodes_per_day,
-        dict(preconditions or {}),
+        dict(selection_notes or {}),
     )
     results = [
         _evaluate_one(ctx, policy)
@@ -491,7 +491,7 @@ class _Context:
     propensity: dict[str, Any]
     counts: ResampleCounts | None
     episodes_per_day: float | None = None
-    preconditions: Mapping[str, Sequence[Check]] = field(default_factory=dict)
+    selection_notes: Mapping[str, str] = field(default_factory=dict)
 
     def summarise(self, stats: list[EpisodeStatistics]) -> list[IntervalSummary]:
         cfg = self.cfg
@@ -715,7 +715,7 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
         confidence=1.0 - ctx.cfg.lower_bound_delta,
         improvement=None if improvement is None else improvement.estimate,
         power=None if improvement is None else improvement.power,
-        preconditions=ctx.preconditions.get(policy.name, ()),
+        selection_note=ctx.selection_notes.get(policy.name),
     )
     log.info(
         "candidate evaluated",

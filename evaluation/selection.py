@@ -13,10 +13,12 @@ with ``Delta_sel`` the paired improvement estimate on the selection episodes
 differences there, and ``k = 2`` as in the paper (the doubled width guards against picking a
 member whose selection estimate is lucky). Members whose diagnostics would fail the gate on
 ``n_test`` episodes (effective sample size and the largest weight's share scaled from the
-selection episodes; the unsupported share as measured) are not eligible. The pick is the
-eligible member with the highest predicted bound; when that bound does not clear the margin,
-the family has no certifiable member and the gate rejects without a long shot ("no solution
-found" in HCPI).
+selection episodes; the unsupported share as measured) are not eligible. As in HCPI, the pick is
+the eligible member with the highest *estimated gain* among those predicted to pass (predicted
+bound above the margin); when none is, the one closest to passing (the highest predicted
+bound). Either way only the pick is tested, once, on the held-out episodes: the test alone
+controls false approvals, so the selection never vetoes; when no member was predicted to pass,
+the verdict of a rejection says so (HCPI's "no solution found" is that test failing).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from typing import Any
 import numpy as np
 from scipy import stats as st
 
-from evaluation.approval import Check
 from evaluation.candidates import Candidate
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData
@@ -80,18 +81,23 @@ class SelectionResult:
     def certifiable(self) -> bool:
         """Whether the pick's predicted lower bound clears the margin."""
         best = self.picked
-        return best is not None and best.predicted_lower_bound > self.margin
+        return best is not None and best.eligible and best.predicted_lower_bound > self.margin
 
-    def check(self) -> Check:
-        """The selection as an approval check (it decides when nothing is certifiable)."""
+    def note(self) -> str | None:
+        """What a rejection should add when no member was predicted to pass (else None)."""
+        if self.certifiable:
+            return None
         best = self.picked
-        value = None if best is None else best.predicted_lower_bound
-        text = (
-            "a member of the candidate family must be predicted, on the selection episodes, "
-            "to clear the margin on the held-out episodes (High Confidence Policy Improvement)"
+        if best is None:
+            return (
+                "No member of the candidate family passes the diagnostics predicted for the "
+                "held-out size; the member closest to passing was tested."
+            )
+        return (
+            "No member of the candidate family was predicted, on the selection episodes, to "
+            f"clear the margin {self.margin:.4g} (best predicted lower bound of the gain "
+            f"{best.predicted_lower_bound:.4g}, {best.label}); that closest member was tested."
         )
-        passed = self.certifiable
-        return Check("certifiable_selection", value, self.margin, ">", passed, text)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +171,17 @@ def _score(
     )
 
 
+def _pick(scores: list[MemberScore], margin: float) -> int | None:
+    """HCPI: the largest estimate among members predicted to pass, else the closest to passing."""
+    eligible = [i for i, s in enumerate(scores) if s.eligible]
+    passing = [i for i in eligible if scores[i].predicted_lower_bound > margin]
+    if passing:
+        return max(passing, key=lambda i: scores[i].estimate)
+    if eligible:
+        return max(eligible, key=lambda i: scores[i].predicted_lower_bound)
+    return None
+
+
 def select_candidate(
     data: EpisodeData,
     members: Sequence[Candidate],
@@ -189,8 +206,8 @@ def select_candidate(
     base = float(np.mean(data.returns)) if behaviour_value is None else behaviour_value
     margin = appr.margin(base)
     scores = [_score(data, m, n_test, cfg, appr, inflation) for m in members]
-    eligible = [i for i, s in enumerate(scores) if s.eligible]
-    pick = max(eligible, key=lambda i: scores[i].predicted_lower_bound) if eligible else None
+    pick = _pick(scores, margin)
+    eligible = any(s.eligible for s in scores)
     notes = [] if eligible else ["no member passes the diagnostics predicted for the test size"]
     return SelectionResult(
         members=scores,

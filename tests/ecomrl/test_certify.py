@@ -93,7 +93,6 @@ def test_a_real_gain_is_selected_certified_and_covered(
     candidate = ModelPolicy(pick, name="candidate")
     evaluation = evaluate_candidates(
         held, [candidate], config=EVALUATE,
-        preconditions={"candidate": [result.check()]},  # type: ignore[attr-defined]
     )
     verdict = evaluation.candidate("candidate")
     assert verdict.verdict.approved, verdict.verdict.decided_by
@@ -130,14 +129,15 @@ def test_a_family_without_a_certifiable_member_is_rejected_for_that_reason(
     split = _split(frame)
     members, result = _select(split, manifest, KnownQAgent(sign=-1.0), tmp_path)
     assert not result.certifiable  # type: ignore[attr-defined]
-    index = max(range(len(members)),
-                key=lambda i: result.members[i].predicted_lower_bound)  # type: ignore[attr-defined]
+    note = result.note()  # type: ignore[attr-defined]
+    assert note is not None and note.startswith("No member of the candidate family")
+    pick = members[result.pick]  # type: ignore[attr-defined,index]
     held = TransitionsDataset(frame=split.held_out, manifest=manifest.data, path=tmp_path)
     evaluation = evaluate_candidates(
-        held, [ModelPolicy(members[index], name="candidate")], config=EVALUATE,
-        preconditions={"candidate": [result.check()]},  # type: ignore[attr-defined]
+        held, [ModelPolicy(pick, name="candidate")], config=EVALUATE,
+        selection_notes={"candidate": note},
     )
     verdict = evaluation.candidate("candidate").verdict
     assert not verdict.approved
-    assert verdict.checks[0].name == "certifiable_selection"
-    assert verdict.decided_by.startswith("Rejected: no member of the candidate family")
+    assert verdict.decided_by.startswith("Rejected: the candidate is not shown to beat")
+    assert verdict.decided_by.endswith(note)
