@@ -89,8 +89,10 @@ def _config(world: World, raw: Path, runs: Path, steps: int) -> EcomrlConfig:
     baselines = [WORSE_RULES[world.space][0]]
     if world.space == "discrete":
         baselines.append("rule:uniform")
-    run = RunConfig(input=raw, runs_dir=runs, baselines=baselines)
+    run = RunConfig(input=raw, runs_dir=runs, baselines=baselines, bc_baseline=False)
     train = TrainConfig(n_steps=steps, seed=world.seed)
+    if world.space == "continuous":
+        train = TrainConfig(n_steps=max(steps // 2, 1), seed=world.seed)
     evaluate = EvaluateConfig(estimators=[*DEFAULT_ESTIMATORS, "mdr"])
     return EcomrlConfig(run=run, train=train, evaluate=evaluate)
 
@@ -142,6 +144,9 @@ def _gate_rows(ope: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 name: [e.get("ci_low"), e.get("ci_high")]
                 for name, e in (c.get("improvements") or {}).items()
             },
+            "lower_bounds": {
+                name: e.get("lower_bound") for name, e in (c.get("improvements") or {}).items()
+            },
         }
     return out
 
@@ -181,18 +186,24 @@ def run_world(world: World, args: argparse.Namespace, root: Path) -> list[dict[s
     policies: dict[str, Any] = {
         "candidate": load_policy(outcome.run_dir / run_json["candidate_artifact"]),
         "agent:unconstrained": load_policy(outcome.run_dir / run_json["agent_artifact"]),
-        WORSE_RULES[world.space][0]: constant_action(WORSE_RULES[world.space][1]),
     }
+    rule, action = WORSE_RULES[world.space]
+    others: dict[str, Any] = {rule: constant_action(action)}
     if world.space == "discrete":
         policies["targeting-rule"] = TargetingRule()
-        policies["rule:uniform"] = [0.25, 0.25, 0.25, 0.25]
-        if args.corrupt:
+        others["rule:uniform"] = [0.25, 0.25, 0.25, 0.25]
+        if args.corrupt and world.users <= args.corrupt_max_users:
             artifact, row = _corrupted(config, date, root)
             if row is not None:
                 gate["corrupted-reward"] = _gate_rows({"candidates": [row]})[row["name"]]
-            policies["corrupted-reward"] = load_policy(artifact)
+                policies["corrupted-reward"] = load_policy(artifact)
+    # the deliberately worse rules are rolled out only when the gate approved them
+    policies.update({k: v for k, v in others.items() if gate.get(k, {}).get("approved")})
     hook = ObservationBuilder.from_manifest(runs / "dataset" / "_manifest.json")
     truth = _truth(policies, sim, hook, args.truth_users)
+    for name in others:
+        if name not in truth and name in gate:
+            truth[name] = (math.nan, math.nan)
     rows = []
     for name, (gain, half) in truth.items():
         if name.startswith("_") or name == "logging":
@@ -263,11 +274,24 @@ def _coverage(rows: list[dict[str, Any]]) -> list[str]:
         parts = []
         for name in names:
             cis = [(r["intervals"][name], r["true_gain"]) for r in sel if name in r["intervals"]]
-            cis = [(ci, g) for ci, g in cis if ci[0] is not None and ci[1] is not None]
+            cis = [
+                (ci, g) for ci, g in cis
+                if ci[0] is not None and ci[1] is not None and math.isfinite(g)
+            ]
             k = sum(ci[0] <= g <= ci[1] for ci, g in cis)
             lo, hi = clopper_pearson(k, len(cis))
             parts.append(f"{name} {k}/{len(cis)} ({lo:.2f}-{hi:.2f})")
         out.append(f"coverage of the paired 95 % interval of the gain, {kind}: " + ", ".join(parts))
+    picks = [r for r in rows if r["candidate"] in CERTIFIED and r.get("lower_bounds")]
+    parts = []
+    for name in names:
+        passed = [r for r in picks if (r["lower_bounds"].get(name) or -math.inf) > 0]
+        bad = sum(r["true_gain"] <= 0 for r in passed)
+        parts.append(f"{name} {len(passed)} (not truly better: {bad})")
+    out.append(
+        f"certified picks whose paired lower bound clears 0, by estimator (diagnostics aside; "
+        f"{len(picks)} picks): " + ", ".join(parts)
+    )
     return out
 
 
@@ -308,6 +332,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--truth-users", type=int, default=30_000)
     p.add_argument("--no-corrupt", dest="corrupt", action="store_false")
+    p.add_argument("--corrupt-max-users", type=int, default=10_000,
+                   help="train the corrupted-reward agent only in worlds this small")
     p.add_argument("--json", type=Path, default=None)
     return p.parse_args(argv)
 

@@ -327,10 +327,10 @@ class EpisodeData:
         df = df.sort(["episode_id", "step"], maintain_order=True)
         action_dtype = df.schema["action"]
         continuous = isinstance(action_dtype, pl.Array | pl.List) or action_dtype.is_float()
-        if isinstance(action_dtype, pl.Array | pl.List):
+        if isinstance(action_dtype, pl.Array):
+            action = df.get_column("action").arr.first().to_numpy().astype(np.float64)
+        elif isinstance(action_dtype, pl.List):
             action = df.get_column("action").list.first().to_numpy().astype(np.float64)
-            if isinstance(action_dtype, pl.Array):
-                action = df.get_column("action").arr.first().to_numpy().astype(np.float64)
         elif continuous:
             action = df.get_column("action").to_numpy().astype(np.float64)
         else:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import structlog
+from scipy import stats as st
 from tqdm.auto import tqdm
 
 from evaluation.approval import Verdict, approve
@@ -29,7 +30,7 @@ from evaluation.errors import EvaluationError
 from evaluation.estimators import ESTIMATORS
 from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OPEInput
 from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
-from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS
+from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS, marginal_bootstrap
 from evaluation.estimators.on_policy import OnPolicyValue
 from evaluation.fit_bootstrap import fit_bootstrap_dm
 from evaluation.improvement import PowerAnalysis, paired_difference, power_analysis
@@ -40,7 +41,11 @@ log = structlog.get_logger(__name__)
 
 _BANDIT = {"ipw", "snipw", "dr_bandit", "sndr", "dm_bandit"}
 _KERNEL = {"kernel_is", "kernel_wis", "kernel_dr"}
-_CONTINUOUS_NAME = {"pdis": "kernel_is", "wpdis": "kernel_wis", "dr": "kernel_dr"}
+_CONTINUOUS_NAME = {
+    "pdis": "kernel_is", "wpdis": "kernel_wis", "dr": "kernel_dr", "mdr": "kernel_dr",
+    "mis": "kernel_is",
+}
+_MARGINAL = {"mis", "mdr"}
 
 
 @dataclass(frozen=True)
@@ -526,6 +531,9 @@ def _estimators_for(
     estimators: list[OffPolicyEstimator] = []
     for name in ctx.names:
         est = make_estimator(name, ctx.cfg)
+        if name in _MARGINAL and ctx.data.observation is None:
+            skipped[name] = "the transitions have no observations to fit state ratios on"
+            continue
         if est.needs_model and not inp.has_model:
             skipped.setdefault(
                 name, "no model predictions for this candidate (needs its full distribution)"
@@ -594,11 +602,63 @@ def _refit_dm(
     )
 
 
+def _refit_draws(ctx: _Context, inp: OPEInput, name: str, paired: bool) -> np.ndarray:
+    """The marginal estimator's value (or paired gain) on every resample, ratios refitted."""
+    assert ctx.counts is not None
+    returns = ctx.data.returns if paired else None
+    draws = [
+        marginal_bootstrap(
+            inp, doubly_robust=name == "mdr", config=ctx.cfg.marginal,
+            counts=np.asarray(block, dtype=np.float64), returns=returns,
+        )
+        for block in ctx.counts.chunks()
+    ]
+    out = np.concatenate(draws)
+    return out[np.isfinite(out)]
+
+
+def _refit_summary(ctx: _Context, s: IntervalSummary, draws: np.ndarray) -> IntervalSummary:
+    """``s`` with SE, intervals and the t bound from refit-bootstrap draws (percentile)."""
+    if draws.size < 2:
+        return s
+    alpha = 1.0 - ctx.cfg.confidence
+    low, high = (float(q) for q in np.quantile(draws, [alpha / 2, 1 - alpha / 2]))
+    se = float(np.std(draws, ddof=1))
+    n = ctx.data.n_episodes
+    t = float(st.t.ppf(1.0 - ctx.cfg.lower_bound_delta, max(n - 1, 1)))
+    return replace(
+        s, se=se, ci_low=low, ci_high=high, percentile_low=low, percentile_high=high,
+        bca_low=low, bca_high=high, lower_bound_t=s.estimate - t * se,
+        lower_bound_bernstein=None, n_resamples=int(draws.size),
+    )
+
+
+def _refit_marginal(
+    ctx: _Context, inp: OPEInput, names: list[str], summaries: list[IntervalSummary]
+) -> list[IntervalSummary]:
+    """Marginal estimators' summaries with the ratio fit resampled too (``marginal_bootstrap``)."""
+    if ctx.counts is None or ctx.cfg.bootstrap.n_resamples < 2:
+        return summaries
+    return [
+        _refit_summary(ctx, s, _refit_draws(ctx, inp, n, paired=False)) if n in _MARGINAL else s
+        for n, s in zip(names, summaries, strict=True)
+    ]
+
+
 def _improvements(
-    ctx: _Context, stats: list[EpisodeStatistics], results: list[EstimatorResult]
+    ctx: _Context,
+    inp: OPEInput,
+    stats: list[EpisodeStatistics],
+    results: list[EstimatorResult],
 ) -> dict[str, ImprovementResult]:
     """Every estimator's paired estimate of V(candidate) - V(behaviour), with its power."""
     diffs = ctx.summarise([paired_difference(s, ctx.data.returns) for s in stats])
+    if ctx.counts is not None and ctx.cfg.bootstrap.n_resamples >= 2:
+        diffs = [
+            _refit_summary(ctx, d, _refit_draws(ctx, inp, r.estimator, paired=True))
+            if r.estimator in _MARGINAL else d
+            for d, r in zip(diffs, results, strict=True)
+        ]
     margin = ctx.appr.margin(ctx.behaviour.estimate)
     out: dict[str, ImprovementResult] = {}
     for diff, level in zip(diffs, results, strict=True):
@@ -684,9 +744,12 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
     probs = policy.probabilities(ctx.data, ctx.cfg.kernel)
     inp = _model_input(ctx, policy, probs, skipped)
     estimators, stats = _estimators_for(ctx, inp, probs, skipped)
-    summaries = ctx.summarise(stats)
+    summaries = _refit_marginal(ctx, inp, [e.name for e in estimators], ctx.summarise(stats))
     results = [
-        EstimatorResult.from_summary(e, s, ctx.cfg.bootstrap.method)
+        EstimatorResult.from_summary(
+            e, s, "refit bootstrap percentile" if e.name in _MARGINAL and s.n_resamples
+            else ctx.cfg.bootstrap.method,
+        )
         for e, s in zip(estimators, summaries, strict=True)
     ]
     names = [r.estimator for r in results]
@@ -698,7 +761,7 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
     improvement: ImprovementResult | None = None
     improvements: dict[str, ImprovementResult] = {}
     if ctx.cfg.comparison == "paired":
-        improvements = _improvements(ctx, stats, results)
+        improvements = _improvements(ctx, inp, stats, results)
         improvement = improvements[primary]
         lower = ctx.behaviour.estimate + improvement.lower_bound
         method = f"{improvement.lower_bound_method}, paired improvement"

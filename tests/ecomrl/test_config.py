@@ -56,7 +56,7 @@ def test_shipped_configs_validate() -> None:
         assert config.run.eval_days >= 1, path
 
 
-@pytest.mark.parametrize("name", ["dm", "mdr", "is"])
+@pytest.mark.parametrize("name", ["dm", "is", "fqe"])
 def test_a_primary_estimator_without_measured_coverage_is_refused(name: str) -> None:
     with pytest.raises(ConfigError) as info:
         config_from_dict({"evaluate": {"primary_estimator": name}})
@@ -66,5 +66,5 @@ def test_a_primary_estimator_without_measured_coverage_is_refused(name: str) -> 
 
 
 def test_the_gate_estimators_are_accepted() -> None:
-    for name in ("dr", "wdr", "pdis", "wpdis", "wis"):
+    for name in ("mdr", "mis", "dr", "wdr", "pdis", "wpdis", "wis"):
         assert config_from_dict({"evaluate": {"primary_estimator": name}}).evaluate

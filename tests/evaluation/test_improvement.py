@@ -141,3 +141,26 @@ def test_fit_bootstrap_replaces_the_direct_method_interval_in_evaluate() -> None
     assert refit.ci_method == "fit bootstrap percentile"
     assert refit.estimate == pytest.approx(fixed.estimate)
     assert refit.se > 1.5 * fixed.se  # the fit's own variance, ignored by the fixed fit
+
+
+def test_mdr_in_evaluate_uses_the_refit_bootstrap_and_decides_by_default() -> None:
+    data, states = MDP.sample(BEHAVIOUR, 400, np.random.default_rng(11))
+    assert data.decision_id is not None
+    table = pl.DataFrame(
+        {
+            "decision_id": np.repeat(data.decision_id, 3),
+            "action": np.tile(np.arange(3), data.n_decisions),
+            "probability": CLOSE[states].reshape(-1),
+        }
+    )
+    cfg = EvaluateConfig.model_validate({"bootstrap": {"n_resamples": 100}})
+    result = evaluate_candidates(data, [TablePolicy(table, name="close")], config=cfg)
+    cand = result.candidate("close")
+    assert cand.primary_estimator == "mdr"
+    row = cand.estimate("mdr")
+    assert row.ci_method == "refit bootstrap percentile"
+    improvement = cand.improvements["mdr"]
+    assert cand.improvement is improvement
+    assert improvement.ci_low < improvement.estimate < improvement.ci_high
+    # the gate's bound is the paired one, in value units
+    assert cand.lower_bound == pytest.approx(result.behaviour.estimate + improvement.lower_bound)

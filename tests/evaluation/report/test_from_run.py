@@ -22,7 +22,9 @@ from evaluation.report.inputs import CHECK_TEXT
 from evaluation.report.model import fmt_number
 from tests.evaluation.report.run_fixture import RunFiles, build_run
 
-RELAXED = ApprovalConfig(min_ess=1.0, min_ess_fraction=0.0, max_weight_share=1.0)
+RELAXED = ApprovalConfig(
+    min_ess=1.0, min_ess_fraction=0.0, max_weight_share=1.0, max_family_spread_relative=1.0
+)
 
 
 @pytest.fixture(scope="module")
