@@ -201,6 +201,11 @@ def run_world(world: World, args: argparse.Namespace, root: Path) -> list[dict[s
     policies.update({k: v for k, v in others.items() if gate.get(k, {}).get("approved")})
     hook = ObservationBuilder.from_manifest(runs / "dataset" / "_manifest.json")
     truth = _truth(policies, sim, hook, args.truth_users)
+    approved = {k: v for k, v in policies.items() if gate.get(k, {}).get("approved")}
+    if approved and args.truth_users_approved > args.truth_users:
+        # an approval's truth decides a false approval: measure it on more users
+        precise = _truth(approved, sim, hook, args.truth_users_approved)
+        truth.update({k: v for k, v in precise.items() if k in approved})
     for name in others:
         if name not in truth and name in gate:
             truth[name] = (math.nan, math.nan)
@@ -331,6 +336,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--days", type=int, default=70)
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--truth-users", type=int, default=30_000)
+    p.add_argument("--truth-users-approved", type=int, default=120_000,
+                   help="users of the paired rollouts of every approved candidate")
     p.add_argument("--no-corrupt", dest="corrupt", action="store_false")
     p.add_argument("--corrupt-max-users", type=int, default=10_000,
                    help="train the corrupted-reward agent only in worlds this small")
