@@ -87,6 +87,8 @@ def production_policy(runs_dir: Path, date: dt.date) -> Path | None:
 
 @dataclass(frozen=True)
 class TrainedAgents:
+    """The artifacts trained on the fitting users: the agent and the optional BC baseline."""
+
     agent: Path
     bc: Path | None
 
@@ -103,6 +105,7 @@ class Candidates:
 
 
 def split_logs(frame: pl.DataFrame, date: dt.date, config: EcomrlConfig) -> RunSplit:
+    """The fitting, selection and held-out parts of the transitions for the run of ``date``."""
     run = config.run
     selection = config.certify.selection_fraction if config.certify.enabled else 0.0
     if run.holdout == "time":
