@@ -108,7 +108,7 @@ def approve(
     margin = cfg.margin(behaviour_value)
     bar = behaviour_value + margin
     spread = diagnostics.get("family_spread")
-    se = float(diagnostics.get("primary_se") or 0.0)
+    se = float(diagnostics.get("family_spread_sd") or diagnostics.get("primary_se") or 0.0)
     spread_allowed = max(
         cfg.max_family_spread_se * se, cfg.max_family_spread_relative * abs(behaviour_value)
     )
@@ -167,7 +167,9 @@ def approve(
             spread,
             spread_allowed,
             "<=",
-            "the importance-sampling, doubly-robust and model-based estimates must agree",
+            "the importance-sampling, doubly-robust, marginal and model-based estimates must "
+            "agree (within this many standard errors of their difference, or the relative "
+            "allowance)",
         ),
         _check(
             "propensity_calibration",

@@ -243,9 +243,12 @@ class ApprovalConfig(_Model):
         0.0, ge=0, description="Margin as a share of |behaviour value|"
     )
     min_ess_fraction: float = Field(
-        0.01, ge=0, le=1, description="Trajectory-weight ESS / number of episodes, at least"
+        0.01, ge=0, le=1,
+        description="Weight ESS / number of episodes (decisions for mdr/mis), at least",
     )
-    min_ess: float = Field(100.0, ge=0, description="Trajectory-weight ESS, at least")
+    min_ess: float = Field(
+        100.0, ge=0, description="ESS of the primary estimator's weights, at least"
+    )
     max_weight_share: float = Field(
         0.05, gt=0, le=1, description="Largest trajectory weight / sum of weights, at most"
     )

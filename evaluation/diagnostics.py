@@ -16,7 +16,27 @@ FAMILY_REPRESENTATIVES: dict[str, tuple[str, ...]] = {
     "importance_sampling": ("wpdis", "kernel_wis", "snipw", "wis", "pdis", "kernel_is", "ipw"),
     "doubly_robust": ("dr", "kernel_dr", "dr_bandit", "wdr", "sndr"),
     "direct": ("dm", "dm_bandit", "fqe"),
+    "marginal": ("mdr", "mis"),
 }
+
+
+def decision_weight_diagnostics(weights: FloatArray) -> dict[str, float]:
+    """Overlap of the per-decision marginal weights ``mu_t = w_t(s_t) rho_t`` of ``mis``/``mdr``.
+
+    These estimators weight each decision by ``mu_t``, never by a product over the episode, so
+    their overlap is that of the decisions: Kish ESS ``(sum mu)^2 / sum mu^2`` over decisions,
+    its share of the decisions, and the largest decision's share of the total weight.
+    """
+    mu = np.asarray(weights, dtype=np.float64)
+    total = float(mu.sum())
+    if total <= 0:
+        return {"ess": 0.0, "ess_fraction": 0.0, "max_weight_share": 1.0}
+    ess = total**2 / float(np.sum(mu**2))
+    return {
+        "ess": ess,
+        "ess_fraction": ess / len(mu),
+        "max_weight_share": float(mu.max() / total),
+    }
 
 
 def unsupported_share(

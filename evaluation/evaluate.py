@@ -25,12 +25,21 @@ from evaluation.approval import Verdict, approve
 from evaluation.candidates import Candidate, CandidateProbabilities, parse_policy_spec
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData, TransitionsDataset, load_transitions
-from evaluation.diagnostics import candidate_diagnostics, family_spread
+from evaluation.diagnostics import (
+    candidate_diagnostics,
+    decision_weight_diagnostics,
+    family_spread,
+)
 from evaluation.errors import EvaluationError
 from evaluation.estimators import ESTIMATORS
 from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OPEInput
 from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
-from evaluation.estimators.marginal import MarginalizedDR, MarginalizedIS, marginal_bootstrap
+from evaluation.estimators.marginal import (
+    MarginalizedDR,
+    MarginalizedIS,
+    marginal_bootstrap,
+    state_ratios,
+)
 from evaluation.estimators.on_policy import OnPolicyValue
 from evaluation.fit_bootstrap import fit_bootstrap_dm
 from evaluation.improvement import PowerAnalysis, paired_difference, power_analysis
@@ -696,13 +705,21 @@ def _diagnostics(
     diagnostics: dict[str, Any] = candidate_diagnostics(
         inp, target_action=probs.action, support_threshold=ctx.cfg.support_threshold
     )
+    if p.estimator in _MARGINAL:
+        for key in ("ess", "ess_fraction", "max_weight_share"):
+            diagnostics[f"trajectory_{key}"] = diagnostics[key]
+        diagnostics.update(marginal_overlap(inp, p.estimator, ctx.cfg))
     if probs.bandwidth is not None:
         diagnostics["kernel_bandwidth"] = probs.bandwidth
     diagnostics["primary_se"] = p.se
     spread, members = family_spread({r.estimator: r.estimate for r in results})
     diagnostics["family_spread"] = spread
     diagnostics["family_members"] = members
-    diagnostics["family_spread_se"] = spread / p.se if spread is not None and p.se > 0 else None
+    spread_sd = _spread_sd(results, members)
+    diagnostics["family_spread_sd"] = spread_sd
+    diagnostics["family_spread_se"] = (
+        spread / spread_sd if spread is not None and spread_sd else None
+    )
     clip = ctx.cfg.clipping.max_weight
     diagnostics["clipping_max_weight"] = clip
     if clip is not None and p.estimator in ESTIMATORS:
@@ -715,6 +732,25 @@ def _diagnostics(
     if ctx.propensity.get("estimated"):
         diagnostics["calibration_error"] = calibration.get("expected_calibration_error")
     return diagnostics
+
+
+def marginal_overlap(inp: OPEInput, estimator: str, cfg: EvaluateConfig) -> dict[str, Any]:
+    """The overlap checks on the marginal estimators' own decision weights; the trajectory
+    weights' figures are kept beside them (``trajectory_*``)."""
+    mu = state_ratios(inp, cfg.marginal, estimator) * inp.rho
+    out: dict[str, Any] = dict(decision_weight_diagnostics(mu))
+    out["weights_basis"] = "marginal decision weights w_t(s_t) rho_t (the primary estimator's)"
+    return out
+
+
+def _spread_sd(results: list[EstimatorResult], members: dict[str, str]) -> float | None:
+    """Standard error of the spread: of the difference between its two extreme members."""
+    chosen = [r for r in results if r.estimator in members.values()]
+    if len(chosen) < 2:
+        return None
+    low = min(chosen, key=lambda r: r.estimate)
+    high = max(chosen, key=lambda r: r.estimate)
+    return math.sqrt(low.se**2 + high.se**2)
 
 
 def _model_input(

@@ -38,7 +38,7 @@ from evaluation.diagnostics import candidate_diagnostics
 from evaluation.errors import EvaluationError
 from evaluation.estimators import ESTIMATORS
 from evaluation.estimators.base import OPEInput
-from evaluation.evaluate import make_estimator, model_predictions
+from evaluation.evaluate import make_estimator, marginal_overlap, model_predictions
 from evaluation.improvement import paired_difference
 from evaluation.intervals import summarise
 
@@ -146,6 +146,8 @@ def _score(
     t = float(st.t.ppf(1.0 - cfg.lower_bound_delta, max(n_test - 1, 1)))
     predicted = estimate - inflation * t * sd / math.sqrt(max(n_test, 1))
     diag = candidate_diagnostics(inp, target_action=None, support_threshold=cfg.support_threshold)
+    if estimator in ("mis", "mdr"):
+        diag.update(marginal_overlap(inp, estimator, cfg))
     ess = _number(diag["ess_fraction"]) * n_test
     share = _number(diag["max_weight_share"], 1.0) * data.n_episodes / max(n_test, 1)
     unsupported = _number(diag["unsupported_share"])

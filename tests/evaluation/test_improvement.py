@@ -12,6 +12,7 @@ from scipy import stats
 from evaluation.approval import approve
 from evaluation.candidates import TablePolicy
 from evaluation.config import ApprovalConfig, EvaluateConfig
+from evaluation.diagnostics import decision_weight_diagnostics
 from evaluation.estimators import DoublyRobust, OnPolicyValue, OPEInput, WeightedIS
 from evaluation.evaluate import evaluate_candidates
 from evaluation.improvement import paired_difference, power_analysis
@@ -164,3 +165,30 @@ def test_mdr_in_evaluate_uses_the_refit_bootstrap_and_decides_by_default() -> No
     assert improvement.ci_low < improvement.estimate < improvement.ci_high
     # the gate's bound is the paired one, in value units
     assert cand.lower_bound == pytest.approx(result.behaviour.estimate + improvement.lower_bound)
+
+
+def test_decision_weight_diagnostics_closed_form() -> None:
+    mu = np.array([0.0, 1.0, 3.0, 0.0])
+    diag = decision_weight_diagnostics(mu)
+    assert diag["ess"] == pytest.approx(16.0 / 10.0)
+    assert diag["ess_fraction"] == pytest.approx(0.4)
+    assert diag["max_weight_share"] == pytest.approx(0.75)
+    assert decision_weight_diagnostics(np.zeros(3))["ess"] == 0.0
+
+
+def test_mdr_primary_judges_overlap_on_its_own_weights() -> None:
+    data, states = MDP.sample(BEHAVIOUR, 400, np.random.default_rng(12))
+    assert data.decision_id is not None
+    table = pl.DataFrame(
+        {
+            "decision_id": np.repeat(data.decision_id, 3),
+            "action": np.tile(np.arange(3), data.n_decisions),
+            "probability": GREEDY[states].reshape(-1),
+        }
+    )
+    cfg = EvaluateConfig.model_validate({"bootstrap": {"n_resamples": 50}})
+    cand = evaluate_candidates(data, [TablePolicy(table, name="greedy")], config=cfg)
+    diag = cand.candidate("greedy").diagnostics
+    assert diag["weights_basis"].startswith("marginal decision weights")
+    # a deterministic policy: few whole episodes agree with it, many single decisions do
+    assert diag["ess_fraction"] > 5 * diag["trajectory_ess_fraction"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from evaluation.config import ApprovalConfig, BootstrapConfig, EvaluateConfig
+from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.evaluate import evaluate_candidates
 
 FEATURES = ["recency_days", "frequency", "money"]
@@ -152,13 +152,20 @@ def build_run(
     candidates: tuple[str, ...] = ("rule:constant=2",),
     approval: ApprovalConfig | None = None,
     log_propensities: bool = True,
+    primary_estimator: str = "dr",
 ) -> RunFiles:
-    """Write everything and evaluate ``candidates`` with the OPE package (200 resamples)."""
+    """Write everything and evaluate ``candidates`` with the OPE package (200 resamples).
+
+    The default ``dr`` judges the deterministic rules on their trajectory weights, which fail
+    the overlap checks here: the report is exercised on a rejection with failed checks.
+    """
     data_dir = root / "etl"
     frame = write_transitions(data_dir, log_propensities=log_propensities)
     manifest = write_manifest(data_dir, frame.height)
     eval_dir = root / "eval"
-    config = EvaluateConfig(bootstrap=BootstrapConfig(n_resamples=200))
+    config = EvaluateConfig.model_validate(
+        {"bootstrap": {"n_resamples": 200}, "primary_estimator": primary_estimator}
+    )
     result = evaluate_candidates(
         data_dir, list(candidates), config, approval or ApprovalConfig(), data_path=data_dir
     )
