@@ -285,8 +285,10 @@ pl.DataFrame(candidate_policy.metrics["curves"])""",
 Would the candidate earn more than the policy that produced the logs? Off-policy evaluation
 (OPE) answers from the held-out logs alone, re-weighting what happened by how likely each
 policy was to take the logged actions. Several estimator families answer: importance sampling
-(`is`, `pdis`, `wis`, `wpdis`), a model-based direct method (`dm`) and doubly robust ones
-(`dr`, `wdr`, the primary estimator by default), each with a bootstrap confidence interval.
+(`is`, `pdis`, `wis`, `wpdis`), a model-based direct method (`dm`), doubly robust ones
+(`dr`, `wdr`) and the marginalised doubly robust `mdr` (state-distribution ratios instead of
+products of per-step ratios; the primary estimator by default), each with a bootstrap
+confidence interval.
 
 `evaluation.evaluate.evaluate_candidates(data, candidates)` evaluates any number of candidates:
 trained artifacts (wrapped in `ModelPolicy`), rules such as `"rule:constant=0"` (never give an
@@ -328,10 +330,12 @@ estimates.pivot(on="estimator", index="policy", values="estimate")""",
         "md",
         """\
 Every candidate gets a **verdict**. It is approved only when the high-confidence *lower bound*
-of its value (primary estimator) beats the logged policy's value by the configured margin
-**and** every diagnostic passes: enough effective sample size, no single episode dominating the
-weights, support of the candidate's actions in the logs, agreement between estimator families.
-A failed check means the estimate itself cannot be trusted.""",
+of its *gain* over the logged policy (primary estimator), estimated paired on the same episodes,
+clears the configured margin **and** every diagnostic passes: enough effective sample size, no
+single weight dominating, support of the candidate's actions in the logs, agreement between
+estimator families. A failed check means the estimate itself cannot be trusted. The nightly job
+(`ecomrl run`) does not test the greedy agent itself: it tests one member of a family between
+the logging policy and the agent, chosen on other users (see the top README).""",
         [],
     ),
     (
