@@ -34,7 +34,10 @@ log = structlog.get_logger(__name__)
 
 
 def _observations(frame: pl.DataFrame) -> np.ndarray:
-    return np.asarray(frame["observation"].to_list(), dtype=np.float32)
+    column = frame["observation"]
+    if isinstance(column.dtype, pl.Array):
+        return np.asarray(column.to_numpy(), dtype=np.float32)
+    return np.asarray(column.to_list(), dtype=np.float32)
 
 
 def build_family(
