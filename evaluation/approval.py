@@ -214,12 +214,12 @@ def approve(
         others = [c.name for c in failed[1:]]
         if others:
             text += f" Reliability checks also failed: {', '.join(others)}."
-        if selection_note:
-            text += " " + selection_note
     else:
         names = ", ".join(c.name for c in failed)
         text = (
             f"Rejected: the estimate cannot be trusted ({names} failed): {first.explanation}; "
             f"measured {first.value:.4g}, allowed {first.comparison} {first.threshold:.4g}."
         )
+    if selection_note:
+        text += " " + selection_note
     return Verdict(False, text, checks, *extra)
