@@ -13,15 +13,20 @@ pick built around an agent trained on a corrupted (negated) reward, selected the
 
 The truth of every candidate is its deployment value (``simulator.deployment_value``: the
 discounted return of a new user's first episode), measured by paired rollouts against the
-logging policy on the same ``--truth-users`` simulated users (common random numbers); the
-unconstrained agent and the simulator's hand-made targeting rule are measured beside them.
+logging policy on ``--truth-users`` simulated users of the same world (the logs' seed, which
+also draws the catalogue; another user count draws fresh users), and on
+``--truth-users-approved`` users for every approved candidate, whose truth decides a false
+approval. The pick, the unconstrained agent and the simulator's hand-made targeting rule are
+always rolled out; the deliberately worse rules only when the gate approved them.
 
 Printed: one line per world and candidate, then, with Clopper-Pearson 95 % intervals,
-**power** (worlds whose shipped candidate is truly better in which the gate approved it),
-**false approvals** (approved candidates whose true gain is not above 0, among all approved),
-the coverage of the gate's paired interval for the improvement, the shipped gain against the
+**power** (worlds whose pick is truly better in which the gate approved it), **false
+approvals** (approved candidates whose true gain is not above 0, among all approved), each
+estimator's paired interval against the noisy truth (covers: the truth's point inside;
+agrees: within 1.96 standard errors of the difference), the shipped gain against the
 unconstrained agent's and the targeting rule's, and how much tighter the paired bound is than
-the level comparison. ``--json`` writes every row.
+the level comparison. ``--json`` writes every row; ``--summarise FILE ...`` merges the rows of
+several runs (the more precise truth wins) and prints the summary.
 """
 
 from __future__ import annotations
