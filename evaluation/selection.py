@@ -10,10 +10,12 @@ member of a family, the lower bound it would get on a test set of ``n_test`` epi
 
 with ``Delta_sel`` the paired improvement estimate on the selection episodes
 (``evaluation.improvement``), ``sd_sel`` the per-episode standard deviation of the paired
-differences there, and ``k = 2`` as in the paper (the doubled width guards against picking a
-member whose selection estimate is lucky). Members whose diagnostics would fail the gate on
-``n_test`` episodes (effective sample size and the largest weight's share scaled from the
-selection episodes; the unsupported share as measured) are not eligible. As in HCPI, the pick is
+differences there (the jackknife's; for ``mdr`` with the state ratios held fixed, which is
+cheaper than the gate's refit bootstrap and slightly narrower), and ``k = 2`` as in the paper
+(the doubled width guards against picking a member whose selection estimate is lucky).
+Members whose diagnostics would fail the gate on ``n_test`` episodes (effective sample size and
+the largest weight's share scaled from the selection episodes; the unsupported share as
+measured) are not eligible. As in HCPI, the pick is
 the eligible member with the highest *estimated gain* among those predicted to pass (predicted
 bound above the margin); when none is, the one closest to passing (the highest predicted
 bound). Either way only the pick is tested, once, on the held-out episodes: the test alone
