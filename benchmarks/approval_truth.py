@@ -42,8 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from scipy import stats
 
+from benchmarks._stats import clopper_pearson
 from ecomrl.config import EcomrlConfig, RunConfig
 from ecomrl.pipeline import TrainedAgents, build_candidates, run_nightly, split_logs
 from etl.features import ObservationBuilder
@@ -78,16 +78,6 @@ def _ints(text: str) -> list[int]:
 
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval of ``k`` successes in ``n`` trials."""
-    if n == 0:
-        return math.nan, math.nan
-    a = (1 - level) / 2
-    low = 0.0 if k == 0 else float(stats.beta.ppf(a, k, n - k + 1))
-    high = 1.0 if k == n else float(stats.beta.ppf(1 - a, k + 1, n - k))
-    return low, high
 
 
 def _config(world: World, raw: Path, runs: Path, steps: int) -> EcomrlConfig:

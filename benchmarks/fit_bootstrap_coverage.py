@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 from tqdm import tqdm
 
+from benchmarks._stats import clopper_pearson
 from ecomrl.logging import configure_logging
 from evaluation.config import DirectMethodConfig
 from evaluation.data import EpisodeData
@@ -92,10 +92,8 @@ def one_dataset(
     tally.add(METHODS[2], fb.basic_low, fb.basic_high, basic_bound, truth)
 
 
-def clopper_pearson(hits: list[bool]) -> tuple[float, float]:
-    """Exact 95 % interval of a binomial proportion."""
-    ci = stats.binomtest(int(sum(hits)), len(hits)).proportion_ci(0.95, method="exact")
-    return float(ci.low), float(ci.high)
+def _interval(hits: list[bool]) -> tuple[float, float]:
+    return clopper_pearson(int(sum(hits)), len(hits))
 
 
 def report(tallies: dict[str, Tally], truths: dict[str, float]) -> None:
@@ -106,7 +104,7 @@ def report(tallies: dict[str, Tally], truths: dict[str, float]) -> None:
     print("|---|---:|---|---:|---|---:|---:|")
     for name, tally in tallies.items():
         for m in METHODS:
-            lo, hi = clopper_pearson(tally.covered[m])
+            lo, hi = _interval(tally.covered[m])
             print(
                 f"| {name} | {truths[name]:.3f} | {m} | {np.mean(tally.covered[m]):.1%} | "
                 f"{lo:.1%} - {hi:.1%} | {np.mean(tally.width[m]):.3f} | "

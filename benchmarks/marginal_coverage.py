@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 from tqdm import tqdm
 
+from benchmarks._stats import clopper_pearson
 from ecomrl.logging import configure_logging
 from evaluation.config import MarginalConfig
 from evaluation.data import EpisodeData
@@ -122,10 +122,8 @@ def one_dataset(
     return spent
 
 
-def clopper_pearson(hits: list[bool]) -> tuple[float, float]:
-    """Exact 95 % interval of a binomial proportion."""
-    ci = stats.binomtest(int(sum(hits)), len(hits)).proportion_ci(0.95, method="exact")
-    return float(ci.low), float(ci.high)
+def _interval(hits: list[bool]) -> tuple[float, float]:
+    return clopper_pearson(int(sum(hits)), len(hits))
 
 
 def report(tallies: dict[str, Tally], truths: dict[str, dict[str, float]]) -> None:
@@ -138,7 +136,7 @@ def report(tallies: dict[str, Tally], truths: dict[str, dict[str, float]]) -> No
         for target in TARGETS:
             for m in METHODS:
                 hits = tally.covered[(m, target)]
-                lo, hi = clopper_pearson(hits)
+                lo, hi = _interval(hits)
                 print(
                     f"| {name} | {target} | {truths[name][target]:.3f} | {m} | "
                     f"{np.mean(hits):.1%} | {lo:.1%} - {hi:.1%} | "
