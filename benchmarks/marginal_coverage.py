@@ -74,14 +74,7 @@ def candidate_input(
     mdp: TabularMDP, policy: np.ndarray, data: EpisodeData, states: np.ndarray
 ) -> OPEInput:
     """The candidate with the wrong fixed model ``Q_SCALE x`` the exact Q."""
-    q = mdp.q_values(policy)[data.step, states] * Q_SCALE
-    return OPEInput(
-        data,
-        target_probability=policy[states, data.action],
-        target_distribution=policy[states],
-        q_logged=q[np.arange(data.n_decisions), data.action],
-        v_hat=np.sum(policy[states] * q, axis=1),
-    )
+    return mdp.candidate_input(policy, data, states, Q_SCALE)
 
 
 def one_dataset(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evaluation.data import EpisodeData
+from evaluation.estimators.base import OPEInput
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,20 @@ class TabularMDP:
         """Exact value: expected ``sum_t gamma^t r_t`` from the initial distribution."""
         q0 = self.q_values(policy)[0]
         return float(self.initial @ np.sum(policy * q0, axis=1))
+
+    def candidate_input(
+        self, policy: np.ndarray, data: EpisodeData, states: np.ndarray, q_scale: float = 1.0
+    ) -> OPEInput:
+        """OPE input of ``policy`` on logged ``data`` (visited ``states``), with the model
+        ``q_scale`` x the exact Q (1: exact; any other scale: a wrong but fixed model)."""
+        q = self.q_values(policy)[data.step, states] * q_scale
+        return OPEInput(
+            data,
+            target_probability=policy[states, data.action],
+            target_distribution=policy[states],
+            q_logged=q[np.arange(data.n_decisions), data.action],
+            v_hat=np.sum(policy[states] * q, axis=1),
+        )
 
     def sample(
         self, policy: np.ndarray, n_episodes: int, rng: np.random.Generator

@@ -38,14 +38,7 @@ def _input(
     mdp: TabularMDP, policy: np.ndarray, data: EpisodeData, states: np.ndarray, q_scale: float = 1.0
 ) -> OPEInput:
     """Candidate input with the exact Q times ``q_scale`` (1: exact; else a wrong model)."""
-    q = mdp.q_values(policy)[data.step, states] * q_scale
-    return OPEInput(
-        data,
-        target_probability=policy[states, data.action],
-        target_distribution=policy[states],
-        q_logged=q[np.arange(data.n_decisions), data.action],
-        v_hat=np.sum(policy[states] * q, axis=1),
-    )
+    return mdp.candidate_input(policy, data, states, q_scale)
 
 
 def _se(values: np.ndarray) -> float:

@@ -42,14 +42,7 @@ def _input(
     mdp: TabularMDP, policy: np.ndarray, data: EpisodeData, states: np.ndarray, q_scale: float = 0.7
 ) -> OPEInput:
     """Candidate input with the exact Q times ``q_scale`` (0.7: a wrong fixed model)."""
-    q = mdp.q_values(policy)[data.step, states] * q_scale
-    return OPEInput(
-        data,
-        target_probability=policy[states, data.action],
-        target_distribution=policy[states],
-        q_logged=q[np.arange(data.n_decisions), data.action],
-        v_hat=np.sum(policy[states] * q, axis=1),
-    )
+    return mdp.candidate_input(policy, data, states, q_scale)
 
 
 def _continuous_input(n_episodes: int = 150, seed: int = 0) -> OPEInput:

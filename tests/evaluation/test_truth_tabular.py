@@ -39,14 +39,7 @@ CANDIDATES = {
 
 def _input(policy: np.ndarray, data, states, q_scale: float = 0.7) -> OPEInput:  # type: ignore[no-untyped-def]
     """Candidate input with a deliberately wrong (scaled) but fixed model for DR."""
-    q = MDP.q_values(policy)[data.step, states] * q_scale
-    return OPEInput(
-        data,
-        target_probability=policy[states, data.action],
-        target_distribution=policy[states],
-        q_logged=q[np.arange(data.n_decisions), data.action],
-        v_hat=np.sum(policy[states] * q, axis=1),
-    )
+    return MDP.candidate_input(policy, data, states, q_scale)
 
 
 def test_exact_value_matches_monte_carlo_of_the_sampler() -> None:
