@@ -222,8 +222,17 @@ class EpisodeData:
         """The decisions of the given episodes (sorted, re-indexed 0..k-1)."""
         keep_ep = np.zeros(self.n_episodes, dtype=bool)
         keep_ep[episodes] = True
-        rows = keep_ep[self.episode]
-        new_index = np.cumsum(keep_ep) - 1
+        return self.take_episodes(np.flatnonzero(keep_ep))[0]
+
+    def take_episodes(self, episodes: IntArray) -> tuple[EpisodeData, IntArray]:
+        """The given episodes' decisions in the given order, repeats allowed (a bootstrap
+        resample), renumbered 0..k-1; and, per new row, its row here (to carry other
+        per-decision arrays along)."""
+        episodes = np.asarray(episodes, dtype=np.int64)
+        lengths = self.lengths[episodes]
+        ends = np.cumsum(lengths)
+        shift = self.first_row[episodes] - (ends - lengths)  # old row - new row, per episode
+        rows = np.arange(int(ends[-1]) if len(ends) else 0) + np.repeat(shift, lengths)
         opt = {
             name: (None if getattr(self, name) is None else getattr(self, name)[rows])
             for name in (
@@ -233,8 +242,8 @@ class EpisodeData:
                 "behaviour_action_probabilities",
             )
         }
-        return EpisodeData(
-            episode=new_index[self.episode[rows]].astype(np.int64),
+        taken = EpisodeData(
+            episode=np.repeat(np.arange(len(episodes), dtype=np.int64), lengths),
             step=self.step[rows],
             action=self.action[rows],
             reward=self.reward[rows],
@@ -243,9 +252,10 @@ class EpisodeData:
             timeout=self.timeout[rows],
             gamma=self.gamma,
             action_space=self.action_space,
-            episode_id=None if self.episode_id is None else self.episode_id[keep_ep],
+            episode_id=None if self.episode_id is None else self.episode_id[episodes],
             **opt,
         )
+        return taken, rows
 
     # ------------------------------------------------------------------ constructors
     @classmethod

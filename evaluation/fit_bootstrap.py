@@ -86,31 +86,7 @@ def resample_rows(data: EpisodeData, episodes: IntArray) -> tuple[EpisodeData, I
     Returns the new data and, per new row, its row in ``data`` (to carry other per-decision
     arrays along).
     """
-    lengths = data.lengths[episodes]
-    ends = np.cumsum(lengths)
-    shift = data.first_row[episodes] - (ends - lengths)  # old row - new row, per episode
-    rows = np.arange(int(ends[-1])) + np.repeat(shift, lengths)
-
-    def take(arr: np.ndarray | None) -> np.ndarray | None:
-        return None if arr is None else arr[rows]
-
-    resampled = EpisodeData(
-        episode=np.repeat(np.arange(len(episodes), dtype=np.int64), lengths),
-        step=data.step[rows],
-        action=data.action[rows],
-        reward=data.reward[rows],
-        behaviour_propensity=data.behaviour_propensity[rows],
-        terminal=data.terminal[rows],
-        timeout=data.timeout[rows],
-        gamma=data.gamma,
-        action_space=data.action_space,
-        observation=take(data.observation),
-        decision_id=take(data.decision_id),
-        episode_id=None if data.episode_id is None else data.episode_id[episodes],
-        propensity_source=take(data.propensity_source),
-        behaviour_action_probabilities=take(data.behaviour_action_probabilities),
-    )
-    return resampled, rows
+    return data.take_episodes(episodes)
 
 
 def dm_value(data: EpisodeData, pred: QPredictions) -> float:
