@@ -169,8 +169,17 @@ def state_ratios(inp: OPEInput, config: MarginalConfig, estimator: str = "mis") 
 
     The rows at step t+1 are regressed on their own observation with the targets
     ``w_t(s_t) rho_t`` of the previous row of the same episode (every row at a step > 0 has one:
-    episodes start at step 0 and are sorted by step).
+    episodes start at step 0 and are sorted by step). Computed once per input and config (kept
+    in ``inp.notes``: the estimate and the overlap diagnostics use the same ratios).
     """
+    key = f"state_ratios:{estimator}:{inp.max_weight}:{config.model_dump_json()}"
+    cached = inp.notes.get(key)
+    if cached is None:
+        cached = inp.notes[key] = _fit_state_ratios(inp, config, estimator)
+    return np.asarray(cached)
+
+
+def _fit_state_ratios(inp: OPEInput, config: MarginalConfig, estimator: str) -> FloatArray:
     d = inp.data
     x = observations(d, estimator)
     rho = inp.rho
