@@ -12,6 +12,7 @@ from scipy import stats
 from evaluation.approval import approve
 from evaluation.candidates import TablePolicy
 from evaluation.config import ApprovalConfig, EvaluateConfig
+from evaluation.data import EpisodeData
 from evaluation.diagnostics import decision_weight_diagnostics
 from evaluation.estimators import DoublyRobust, OnPolicyValue, OPEInput, WeightedIS
 from evaluation.evaluate import evaluate_candidates
@@ -119,16 +120,24 @@ def test_verdict_words_say_gain_and_how_much_more_data() -> None:
     assert verdict.to_dict()["power"]["episodes_needed"] == pytest.approx(power.episodes_needed)
 
 
-def test_fit_bootstrap_replaces_the_direct_method_interval_in_evaluate() -> None:
-    data, states = MDP.sample(BEHAVIOUR, 300, np.random.default_rng(9))
+def _logged_with_table(
+    policy: np.ndarray, n: int, seed: int
+) -> tuple[EpisodeData, pl.DataFrame]:
+    """Logs of the behaviour policy and ``policy`` as a long table per logged decision."""
+    data, states = MDP.sample(BEHAVIOUR, n, np.random.default_rng(seed))
     assert data.decision_id is not None
     table = pl.DataFrame(
         {
             "decision_id": np.repeat(data.decision_id, 3),
             "action": np.tile(np.arange(3), data.n_decisions),
-            "probability": CLOSE[states].reshape(-1),
+            "probability": policy[states].reshape(-1),
         }
     )
+    return data, table
+
+
+def test_fit_bootstrap_replaces_the_direct_method_interval_in_evaluate() -> None:
+    data, table = _logged_with_table(CLOSE, 300, 9)
     results = {}
     for enabled in (False, True):
         cfg = EvaluateConfig.model_validate(
@@ -145,15 +154,7 @@ def test_fit_bootstrap_replaces_the_direct_method_interval_in_evaluate() -> None
 
 
 def test_mdr_in_evaluate_uses_the_refit_bootstrap_and_decides_by_default() -> None:
-    data, states = MDP.sample(BEHAVIOUR, 400, np.random.default_rng(11))
-    assert data.decision_id is not None
-    table = pl.DataFrame(
-        {
-            "decision_id": np.repeat(data.decision_id, 3),
-            "action": np.tile(np.arange(3), data.n_decisions),
-            "probability": CLOSE[states].reshape(-1),
-        }
-    )
+    data, table = _logged_with_table(CLOSE, 400, 11)
     cfg = EvaluateConfig.model_validate({"bootstrap": {"n_resamples": 100}})
     result = evaluate_candidates(data, [TablePolicy(table, name="close")], config=cfg)
     cand = result.candidate("close")
@@ -177,15 +178,7 @@ def test_decision_weight_diagnostics_closed_form() -> None:
 
 
 def test_mdr_primary_judges_overlap_on_its_own_weights() -> None:
-    data, states = MDP.sample(BEHAVIOUR, 400, np.random.default_rng(12))
-    assert data.decision_id is not None
-    table = pl.DataFrame(
-        {
-            "decision_id": np.repeat(data.decision_id, 3),
-            "action": np.tile(np.arange(3), data.n_decisions),
-            "probability": GREEDY[states].reshape(-1),
-        }
-    )
+    data, table = _logged_with_table(GREEDY, 400, 12)
     cfg = EvaluateConfig.model_validate({"bootstrap": {"n_resamples": 50}})
     cand = evaluate_candidates(data, [TablePolicy(table, name="greedy")], config=cfg)
     diag = cand.candidate("greedy").diagnostics
