@@ -7,7 +7,9 @@ one-line messages that name the key and the expected type.
 
 from __future__ import annotations
 
+import copy
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,15 +92,51 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>") -> EcomrlC
         raise ConfigError(f"{source}: {problems}{suffix}") from exc
 
 
-def load_config(path: Path | str | None) -> EcomrlConfig:
-    """Load and validate a TOML config file; ``None`` gives the defaults."""
-    if path is None:
-        return EcomrlConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    return config_from_dict(data, source=str(path))
+def load_config(path: Path | str | None, overrides: Sequence[str] = ()) -> EcomrlConfig:
+    """Load and validate a TOML config file; ``None`` gives the defaults.
+
+    ``overrides`` are ``section.key=value`` strings (the CLI's ``--set``) applied on top of the
+    file before validation; see :func:`apply_overrides`.
+    """
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    if overrides:
+        data = apply_overrides(data, overrides)
+        source = f"{source} with --set {' '.join(overrides)}"
+    return config_from_dict(data, source=source)
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the parsed TOML ``data`` with each ``section.key=value`` override set.
+
+    The value is read as a TOML value (``3000``, ``0.5``, ``true``, ``"x"``, ``[1, 2]``); a
+    value that is not valid TOML is taken as a string, so ``run.input=data/raw`` works unquoted.
+    Dotted keys reach nested tables (``etl.reward_weights.click=2``).
+    """
+    out = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = [p.strip() for p in key.split(".")]
+        if not sep or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        table = out
+        for part in parts[:-1]:
+            child = table.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is a value, not a table")
+            table = child
+        table[parts[-1]] = value
+    return out

@@ -8,12 +8,38 @@ from typing import Annotated
 
 import typer
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 from ecomrl.errors import ConfigError
 
 _REPO = Path(__file__).resolve().parents[2]
-DEFAULT_SAMPLE = _REPO / "data_samples" / "promotion"
+SAMPLES = _REPO / "data_samples"
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "demo.toml"
+BUNDLED = ("promotion", "promotion_continuous", "recommendation")
+"""The bundled samples ``--sample`` accepts by name (``data_samples/<name>``)."""
+
+
+def sample_and_config(sample: str, config: Path | None) -> tuple[Path, Path]:
+    """The raw logs and the config the demo runs: a bundled name or a folder, and its config.
+
+    A bundled name runs on ``data_samples/<name>`` with its shipped config
+    (``configs/<name>.toml``; the promotion sample keeps the demo's own ``ecomrl/demo.toml``).
+    A folder runs with ``config`` or, without one, the demo's config.
+    """
+    if sample in BUNDLED:
+        root = SAMPLES / sample
+        shipped = DEMO_CONFIG if sample == "promotion" else _REPO / "configs" / f"{sample}.toml"
+    else:
+        root, shipped = Path(sample), DEMO_CONFIG
+    if not (root / "events").is_dir():
+        raise ConfigError(
+            f"sample logs not found: {root} (expected events/ and orders/; bundled samples: "
+            f"{', '.join(BUNDLED)})"
+        )
+    chosen = config or shipped
+    if not chosen.is_file():
+        raise ConfigError(f"config not found: {chosen}")
+    return root, chosen
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +51,20 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--out", help="Runs folder for the demo (report, artifacts).")
         ] = Path("runs/demo"),
         sample: Annotated[
-            Path, typer.Option("--sample", help="Raw logs to run on (a bundled sample).")
-        ] = DEFAULT_SAMPLE,
+            str,
+            typer.Option(
+                "--sample",
+                help=f"A bundled sample ({', '.join(BUNDLED)}) or a folder of raw logs.",
+            ),
+        ] = "promotion",
+        config: Annotated[
+            Path | None,
+            typer.Option(
+                "--config",
+                help="TOML config (default: the sample's configs/<sample>.toml; "
+                "ecomrl/demo.toml for promotion and for folders).",
+            ),
+        ] = None,
         truth_users: Annotated[
             int,
             typer.Option(
@@ -34,38 +72,38 @@ def register(app: typer.Typer) -> None:
                 help="Simulated users for the true-value check of the candidate (0: skip).",
             ),
         ] = 3000,
+        overrides: Overrides = None,
     ) -> int:
         """Summarise the sample logs, run the nightly job on their last day, check the truth.
 
         Runs exactly what `ecomrl run` does (ETL, training of the candidate and a behaviour
-        cloning baseline, off-policy evaluation, approval report) on the bundled promotion
-        sample, prints the verdict and where the report is, and then, because the sample comes
-        from the simulator, runs the candidate and the logging policy online to show their true
-        values beside what the report estimated.
+        cloning baseline, off-policy evaluation, approval report) on a bundled sample (the
+        promotion one by default), prints the verdict and where the report is, and then, because
+        the sample comes from the simulator, runs the candidate and the logging policy online to
+        show their true values beside what the report estimated.
         """
         from ecomrl.pipeline import run_nightly
         from simulator import read_raw_logs, simulate_summary
 
-        if not (sample / "events").is_dir():
-            raise ConfigError(f"sample logs not found: {sample} (expected events/ and orders/)")
-        logs = read_raw_logs(sample)
-        typer.echo(f"== sample logs: {sample}")
+        root, config_path = sample_and_config(sample, config)
+        logs = read_raw_logs(root)
+        typer.echo(f"== sample logs: {root} (config {config_path})")
         for row in simulate_summary(logs).iter_rows():
             typer.echo(f"  {row[0]:<34}{row[1]}")
 
         decisions = logs.events.filter(logs.events["event_type"] == "decision")
         last_day = decisions["event_ts"].max().date()  # type: ignore[union-attr]
-        cfg = load_config(DEMO_CONFIG)
-        run_cfg = cfg.run.model_copy(update={"input": sample, "runs_dir": out})
+        cfg = load_config(config_path, overrides or ())
+        run_cfg = cfg.run.model_copy(update={"input": root, "runs_dir": out, "dataset": None})
         cfg = cfg.model_copy(update={"run": run_cfg})
 
         typer.echo(f"== nightly job for {last_day} (ecomrl run) into {out}")
         outcome = run_nightly(cfg, last_day)
         typer.echo(f"verdict: {outcome.verdict.upper()}: {outcome.reason}")
 
-        if truth_users > 0 and (sample / "_simulator.json").is_file():
+        if truth_users > 0 and (root / "_simulator.json").is_file():
             typer.echo("== ground truth: both policies run online in the simulator")
-            _truth(sample, outcome.run_dir, cfg.run.dataset or out / "dataset", truth_users)
+            _truth(root, outcome.run_dir, cfg.run.dataset or out / "dataset", truth_users)
         typer.echo(f"report: {outcome.report_html.resolve()}")
         return 0
 

@@ -308,6 +308,8 @@ class DataSummary:
 
     date_range: tuple[str, str] | None = None
     scenario: str | None = None
+    action_space: str | None = None
+    """The decisions' action space in words, e.g. ``discrete: 4 actions (none, pct_5, ...)``."""
     gamma: float | None = None
     rows_in: int | None = None
     rows_used: int | None = None

@@ -140,6 +140,7 @@ def data_summary_from_manifest(manifest: Mapping[str, Any]) -> DataSummary:
     return DataSummary(
         date_range=_date_range(manifest.get("date_range")),
         scenario=str(manifest["scenario"]) if manifest.get("scenario") else None,
+        action_space=describe_action_space(manifest.get("action_space")),
         gamma=float(gamma) if isinstance(gamma, int | float) else None,
         rows_in=rows_in,
         rows_used=rows_used,
@@ -149,6 +150,19 @@ def data_summary_from_manifest(manifest: Mapping[str, Any]) -> DataSummary:
         rows_by_table=by_table,
         feature_names=[str(n) for n in names] if isinstance(names, list) else [],
     )
+
+
+def describe_action_space(space: object) -> str | None:
+    """The manifest's ``action_space`` in words (None when the manifest has none)."""
+    if not isinstance(space, Mapping):
+        return None
+    if space.get("type") == "continuous":
+        low, high = space.get("low") or [], space.get("high") or []
+        bounds = ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in zip(low, high, strict=False))
+        return f"continuous: {len(low)}-dimensional, bounds {bounds}"
+    labels = [str(label) for label in space.get("labels") or []]
+    n = int(space.get("n") or len(labels))
+    return f"discrete: {n} actions ({', '.join(labels)})" if labels else f"discrete: {n} actions"
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
