@@ -51,7 +51,7 @@ def _root(
 
 # Subcommands live in ecomrl/commands/<name>.py, each with ``register(app)``. Only commands that
 # do something real are registered.
-_COMMANDS = ("simulate", "etl", "train", "evaluate", "report", "run", "demo")
+_COMMANDS = ("simulate", "etl", "import_steps", "train", "evaluate", "report", "run", "demo")
 for _name in _COMMANDS:
     try:
         _module = importlib.import_module(f"ecomrl.commands.{_name}")

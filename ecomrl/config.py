@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ecomrl.errors import ConfigError
 from etl.config import EtlConfig
+from etl.steps import StepImportConfig
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from offline_rl.config import CertifyConfig, TrainConfig
 from simulator.config import SimulatorConfig
@@ -63,6 +64,8 @@ class EcomrlConfig(BaseModel):
 
     simulator: SimulatorConfig = Field(default_factory=SimulatorConfig)
     etl: EtlConfig = Field(default_factory=EtlConfig)
+    steps: StepImportConfig = Field(default_factory=StepImportConfig)
+    """``ecomrl import``: step-level logs from other tools (``etl/steps.py``)."""
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     approval: ApprovalConfig = Field(default_factory=ApprovalConfig)

@@ -6,7 +6,9 @@ Public API:
   nightly ``date`` runs) returning an :class:`EtlResult` (transitions, quarantine, manifest);
 - :class:`ObservationBuilder`: the state builder as the simulator's rollout observation hook;
 - :func:`transform_partition` and :func:`global_inputs`: the core transform of one partition of
-  users and the global steps it needs, for other engines.
+  users and the global steps it needs, for other engines;
+- :func:`import_steps` with :class:`StepImportConfig`: step-level logs from other tools (one row
+  per decision step) written as the same transition dataset (``ecomrl import``).
 """
 
 from etl.config import EtlConfig
@@ -14,6 +16,7 @@ from etl.core import GlobalInputs, PartitionOutput, global_inputs, transform_par
 from etl.errors import EtlError
 from etl.features import FeatureSpec, ObservationBuilder, Scaling
 from etl.pipeline import EtlResult, build_transitions, run_etl
+from etl.steps import ImportResult, StepImportConfig, import_steps
 
 __all__ = [
     "EtlConfig",
@@ -21,11 +24,14 @@ __all__ = [
     "EtlResult",
     "FeatureSpec",
     "GlobalInputs",
+    "ImportResult",
     "ObservationBuilder",
     "PartitionOutput",
     "Scaling",
+    "StepImportConfig",
     "build_transitions",
     "global_inputs",
+    "import_steps",
     "run_etl",
     "transform_partition",
 ]

@@ -172,6 +172,8 @@ def _transition_files(path: Path) -> tuple[Path, Path]:
         root, transitions = path, path / "transitions"
     elif path.name == "transitions" and path.is_dir():
         root, transitions = path.parent, path
+    elif (path / MANIFEST_NAME).is_file():
+        raise TrainingError(_no_transitions(path / MANIFEST_NAME))
     else:
         raise TrainingError(
             f"{path} is not an ETL output folder (expected {path}/transitions/ and "
@@ -181,6 +183,21 @@ def _transition_files(path: Path) -> tuple[Path, Path]:
     if not manifest.is_file():
         raise TrainingError(f"no {MANIFEST_NAME} beside {transitions}")
     return transitions, manifest
+
+
+def _no_transitions(manifest: Path) -> str:
+    """Why an ETL output holds no transitions, from its manifest's row accounting."""
+    try:
+        counts = json.loads(manifest.read_text(encoding="utf-8")).get("counts") or {}
+    except (OSError, json.JSONDecodeError):
+        counts = {}
+    rows = sum(int(c.get("rows_in") or 0) for c in counts.values()
+               if isinstance(c, dict) and "rows_in" in c)
+    return (
+        f"{manifest.parent} holds no transitions: the ETL found no decisions in {rows} input "
+        "rows. Map the events that record what the platform chose (a decision event with its "
+        "action; see docs/mapping.md) and run `ecomrl etl` again"
+    )
 
 
 def load_transitions(path: Path | str) -> tuple[pl.DataFrame, TransitionManifest]:

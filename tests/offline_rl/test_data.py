@@ -139,3 +139,10 @@ def test_bad_manifest_and_missing_folder(tmp_path: Path) -> None:
     (tmp_path / "d" / "_manifest.json").write_text(json.dumps(data))
     with pytest.raises(TrainingError, match="n. >= 2"):
         load_transitions(tmp_path / "d")
+
+
+def test_an_etl_output_without_decisions_says_so(tmp_path: Path) -> None:
+    counts = {"events": {"rows_in": 31106, "used": 31106}, "orders": {"rows_in": 0, "used": 0}}
+    (tmp_path / "_manifest.json").write_text(json.dumps({"counts": counts}))
+    with pytest.raises(TrainingError, match="the ETL found no decisions in 31106 input rows"):
+        load_transitions(tmp_path)
