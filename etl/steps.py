@@ -64,6 +64,10 @@ class StepColumns(BaseModel):
     )
     timestamp: str | None = Field(None, description="When the decision was taken (datetime).")
     user: str | None = Field(None, description="User id (default: the episode id).")
+    categorical: list[str] = Field(
+        default_factory=list,
+        description="Columns of categories, one-hot encoded after the observation's numbers.",
+    )
 
 
 class StepImportConfig(BaseModel):
@@ -88,7 +92,15 @@ class StepImportConfig(BaseModel):
     date: dt.date | None = Field(
         None, description="The decision date of every step when there is no timestamp column."
     )
+    one_step: bool = Field(
+        False, description="Every row is an episode of one terminal step (a bandit log); the "
+        "episode, step and terminal columns are then not read."
+    )
     standardise: bool = Field(True, description="Scale observations to mean 0, std 1.")
+    max_categories: int = Field(
+        20, ge=1, description="Per categorical column: the most frequent values kept, the rest "
+        "one '<other>' feature."
+    )
     max_quarantine_share: float = Field(0.05, ge=0.0, le=1.0)
 
 
@@ -133,10 +145,11 @@ def import_steps(
     steps: pl.DataFrame, out: Path, config: StepImportConfig, *, source: str = "<frame>"
 ) -> ImportResult:
     """Validate ``steps``, write transitions and manifest to ``out`` (atomically), return them."""
-    cols = config.columns
+    steps, cols = _one_step(steps, config)
     _check_columns(steps, cols, source)
+    vocabulary = _categories(steps, cols, config.max_categories)
     frame = steps.with_row_index(_ROW).with_columns(
-        _observation(steps, cols, source), _action(steps, cols, config, source)
+        _observation(steps, cols, vocabulary, source), _action(steps, cols, config, source)
     )
     labels, low, high = _action_space(frame, config, source)
     frame = frame.with_columns(_row_reason(frame, cols, config, labels, low, high))
@@ -147,18 +160,36 @@ def import_steps(
     if used.height == 0:
         raise EtlError(f"{source}: no valid steps in {frame.height} rows")
     width = _width(used)
-    names = _feature_names(steps, cols, width)
+    names = _feature_names(cols, width, vocabulary)
     mean, std = _scaling(used, width, config.standardise)
     trans = _transitions(used, cols, config, labels, mean, std, width)
     manifest = _manifest(config, names, mean, std, labels, low, high, trans, quarantine, source)
+    manifest["categories"] = vocabulary
     _write(trans, quarantine, manifest, Path(out))
     return ImportResult(trans, quarantine, manifest, Path(out))
+
+
+def _one_step(
+    steps: pl.DataFrame, config: StepImportConfig
+) -> tuple[pl.DataFrame, StepColumns]:
+    """With ``one_step``, each row is an episode of one terminal step (its row number)."""
+    cols = config.columns
+    if not config.one_step:
+        return steps, cols
+    names = {"episode": "_episode", "step": "_step", "terminal": "_terminal"}
+    steps = steps.with_columns(
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(names["episode"]),
+        pl.lit(0, dtype=pl.Int64).alias(names["step"]),
+        pl.lit(True).alias(names["terminal"]),
+    )
+    return steps, cols.model_copy(update=names)
 
 
 def _check_columns(steps: pl.DataFrame, cols: StepColumns, source: str) -> None:
     wanted = [cols.episode, cols.step, cols.action, cols.reward, cols.terminal]
     wanted += [cols.observation] if isinstance(cols.observation, str) else cols.observation
     wanted += [c for c in (cols.timeout, cols.propensity, cols.timestamp, cols.user) if c]
+    wanted += cols.categorical
     missing = [c for c in wanted if c not in steps.columns]
     if missing:
         raise EtlError(
@@ -167,13 +198,54 @@ def _check_columns(steps: pl.DataFrame, cols: StepColumns, source: str) -> None:
         )
 
 
-def _observation(steps: pl.DataFrame, cols: StepColumns, source: str) -> pl.Expr:
-    """The observation as a list of float64, whatever its input shape."""
+_NULL, _OTHER = "<null>", "<other>"
+
+
+def _categories(steps: pl.DataFrame, cols: StepColumns, keep: int) -> dict[str, list[str]]:
+    """Per categorical column, the ``keep`` most frequent values (ties by value), sorted, plus
+    ``<other>`` when some were left out; nulls count as the value ``<null>``."""
+    vocabulary: dict[str, list[str]] = {}
+    for name in cols.categorical:
+        counts = steps.select(_category(name).value_counts()).unnest(name)
+        ordered = counts.sort(["count", name], descending=[True, False])[name].to_list()
+        kept = sorted(ordered[:keep])
+        vocabulary[name] = kept + ([_OTHER] if len(ordered) > keep else [])
+    return vocabulary
+
+
+def _category(name: str) -> pl.Expr:
+    return pl.col(name).cast(pl.String).fill_null(_NULL)
+
+
+def _one_hot(vocabulary: dict[str, list[str]]) -> list[pl.Expr]:
+    out: list[pl.Expr] = []
+    for name, values in vocabulary.items():
+        kept = [v for v in values if v != _OTHER]
+        out += [(_category(name) == v).cast(pl.Float64) for v in kept]
+        if len(kept) < len(values):
+            out.append((~_category(name).is_in(kept)).cast(pl.Float64))
+    return out
+
+
+def _observation(
+    steps: pl.DataFrame, cols: StepColumns, vocabulary: dict[str, list[str]], source: str
+) -> pl.Expr:
+    """The observation as a list of float64 (its numbers, then the one-hot categories)."""
+    numbers = _numbers(steps, cols, source)
+    parts = ([] if numbers is None else [numbers]) + _one_hot(vocabulary)
+    if not parts:
+        raise EtlError(f"{source}: no observation: name numeric or categorical columns")
+    return pl.concat_list(parts).alias(_OBS)
+
+
+def _numbers(steps: pl.DataFrame, cols: StepColumns, source: str) -> pl.Expr | None:
     if isinstance(cols.observation, list):
         for name in cols.observation:
             if not steps.schema[name].is_numeric():
                 raise EtlError(f"{source}: observation column '{name}' is {steps.schema[name]}")
-        return pl.concat_list([pl.col(c).cast(pl.Float64) for c in cols.observation]).alias(_OBS)
+        if not cols.observation:
+            return None
+        return pl.concat_list([pl.col(c).cast(pl.Float64) for c in cols.observation])
     dtype = steps.schema[cols.observation]
     if not isinstance(dtype, pl.List | pl.Array) or not dtype.inner.is_numeric():
         raise EtlError(
@@ -183,7 +255,7 @@ def _observation(steps: pl.DataFrame, cols: StepColumns, source: str) -> pl.Expr
     obs = pl.col(cols.observation)
     if isinstance(dtype, pl.Array):
         obs = obs.arr.to_list()
-    return obs.cast(pl.List(pl.Float64)).alias(_OBS)
+    return obs.cast(pl.List(pl.Float64))
 
 
 def _continuous(steps: pl.DataFrame, cols: StepColumns, config: StepImportConfig) -> bool:
@@ -358,10 +430,11 @@ def _width(used: pl.DataFrame) -> int:
     return int(used[_OBS].list.len().to_numpy()[0])
 
 
-def _feature_names(steps: pl.DataFrame, cols: StepColumns, width: int) -> list[str]:
+def _feature_names(cols: StepColumns, width: int, vocabulary: dict[str, list[str]]) -> list[str]:
+    one_hot = [f"{name}={v}" for name, values in vocabulary.items() for v in values]
     if isinstance(cols.observation, list):
-        return list(cols.observation)
-    return [f"{cols.observation}_{i}" for i in range(width)]
+        return [*cols.observation, *one_hot]
+    return [f"{cols.observation}_{i}" for i in range(width - len(one_hot))] + one_hot
 
 
 def _scaling(used: pl.DataFrame, width: int, standardise: bool) -> tuple[np.ndarray, np.ndarray]:
