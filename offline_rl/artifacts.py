@@ -2,20 +2,26 @@
 
 Layout of an artifact folder::
 
-    learnable.d3      d3rlpy's ``save()``: pickled config + weights (``load_learnable``)
-    model.pt          d3rlpy's ``save_model()``: weights and optimizer states
-    policy.pt         TorchScript greedy policy (d3rlpy ``save_policy``): raw observation in,
-                      unscaled action out
-    policy.onnx       the same traced policy through the classic ONNX exporter (when it works)
-    config.json       our resolved training config (agent, its d3rlpy fields, gamma, seed ...)
-    scalers.json      action bounds (MinMaxActionScaler) and reward multiplier
-    data.json         the data manifest's SHA-256, action space, feature names, rows used, split
-    metrics.json      loss curves (means per ``log_every`` steps) and validation metrics
-    version.json      ecomrl version, git commit when available, d3rlpy / torch versions
-    SHA256SUMS        ``<sha256>  <file>`` for every other file (``sha256sum -c`` format)
+    agent.json          d3rlpy's config with the observation shape and action size (JSON): the
+                        agent is rebuilt from it (``offline_rl.safe_io``)
+    weights.safetensors the networks' weights (safetensors: no code in it, nothing unpickled)
+    model.pt            d3rlpy's ``save_model()``: weights and optimizer states, read only to
+                        warm-start training, with ``torch.load(weights_only=True)``
+    policy.pt           TorchScript greedy policy (d3rlpy ``save_policy``): raw observation in,
+                        unscaled action out (for serving elsewhere; ecomrl never loads it)
+    policy.onnx         the same traced policy through the classic ONNX exporter (when it works)
+    config.json         our resolved training config (agent, its d3rlpy fields, gamma, seed ...)
+    scalers.json        action bounds (MinMaxActionScaler) and reward multiplier
+    data.json           the data manifest's SHA-256, action space, feature names, rows used, split
+    metrics.json        loss curves (means per ``log_every`` steps) and validation metrics
+    version.json        ecomrl version, git commit when available, d3rlpy / torch versions
+    SHA256SUMS          ``<sha256>  <file>`` for every other file (``sha256sum -c`` format)
+    SIGNATURE           only with ``ECOMRL_ARTIFACT_KEY`` set: HMAC-SHA256 of ``SHA256SUMS``
 
-``load_policy`` checks ``SHA256SUMS`` against every file *before* unpickling anything
-(``load_learnable`` unpickles) and refuses an artifact with a missing, extra or changed file.
+``load_policy`` checks the signature (when a key is set) and ``SHA256SUMS`` against every file,
+refuses an artifact with a missing, extra or changed file, then rebuilds the agent from JSON and
+safetensors: loading an artifact never unpickles, so a planted file cannot run code. Folders of
+earlier versions (``learnable.d3``, d3rlpy's pickle) are refused: retrain them.
 """
 
 from __future__ import annotations
@@ -35,11 +41,20 @@ import torch
 from numpy.typing import NDArray
 
 from offline_rl.errors import TrainingError
+from offline_rl.safe_io import (
+    LEGACY_NAME,
+    SIGNATURE_NAME,
+    load_agent,
+    refuse_legacy,
+    sign,
+    verify_signature,
+)
 
 log = structlog.get_logger(__name__)
 
 SUMS_NAME = "SHA256SUMS"
-LEARNABLE_NAME = "learnable.d3"
+LEARNABLE_NAME = LEGACY_NAME
+"""d3rlpy's pickled agent, the format of earlier versions: refused when loading."""
 
 
 def sha256_file(path: Path) -> str:
@@ -50,29 +65,36 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _hashed_files(folder: Path) -> list[Path]:
+    """The files ``SHA256SUMS`` covers: all but the sums files and the folder's own signature."""
+    own_signature = folder / SIGNATURE_NAME
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.name != SUMS_NAME and p != own_signature
+    )
+
+
 def write_checksums(folder: Path) -> None:
-    """Write ``SHA256SUMS`` for every regular file of ``folder`` (recursively)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != SUMS_NAME)
-    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in files]
+    """Write ``SHA256SUMS`` for every regular file of ``folder`` (recursively), and ``SIGNATURE``
+    over it when ``ECOMRL_ARTIFACT_KEY`` is set."""
+    lines = [f"{sha256_file(p)}  {p.relative_to(folder).as_posix()}" for p in _hashed_files(folder)]
     (folder / SUMS_NAME).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    sign(folder, SUMS_NAME)
 
 
 def verify_checksums(folder: Path) -> None:
-    """Raise ``TrainingError`` unless every file matches ``SHA256SUMS`` and none is extra."""
+    """Raise ``TrainingError`` unless every file matches ``SHA256SUMS`` and none is extra (and,
+    with ``ECOMRL_ARTIFACT_KEY`` set, unless ``SIGNATURE`` is the key's HMAC of the sums)."""
     sums = folder / SUMS_NAME
     if not sums.is_file():
         raise TrainingError(f"{folder}: no {SUMS_NAME}; not an ecomrl artifact")
+    verify_signature(folder, SUMS_NAME)
     expected: dict[str, str] = {}
     for line in sums.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         digest, _, name = line.partition("  ")
         expected[name] = digest
-    present = {
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and p.name != SUMS_NAME
-    }
+    present = {p.relative_to(folder).as_posix() for p in _hashed_files(folder)}
     if present != set(expected):
         extra = sorted(present - set(expected))
         missing = sorted(set(expected) - present)
@@ -243,15 +265,12 @@ class TrainedPolicy:
 
 
 def load_policy(folder: Path | str, device: str = "cpu:0") -> TrainedPolicy:
-    """Verify an artifact's hashes, then load its d3rlpy learnable; see ``TrainedPolicy``.
+    """Verify an artifact (signature, hashes), then rebuild its agent; see ``TrainedPolicy``.
 
-    Raises ``TrainingError`` for a folder that is not an artifact or whose files do not match
-    ``SHA256SUMS`` (nothing is unpickled in that case).
+    Raises ``TrainingError`` for a folder that is not an artifact, whose files do not match
+    ``SHA256SUMS`` or its signature, or that holds an agent of the earlier pickled format.
+    Nothing is ever unpickled (``offline_rl.safe_io``).
     """
-    from offline_rl._quiet import import_d3rlpy
-
-    d3rlpy = import_d3rlpy()
-
     path = Path(folder)
     if not path.is_dir():
         raise TrainingError(f"policy artifact not found: {path}")
@@ -260,9 +279,34 @@ def load_policy(folder: Path | str, device: str = "cpu:0") -> TrainedPolicy:
             f"{path} is a certified candidate around an agent: load it with "
             "offline_rl.load_policy (offline_rl.certified.load_policy)"
         )
+    refuse_legacy(path)
     verify_checksums(path)
     meta: dict[str, Any] = {}
     for name in ("config", "data", "scalers", "metrics", "version"):
         meta[name] = json.loads((path / f"{name}.json").read_text(encoding="utf-8"))
-    algo = d3rlpy.load_learnable(str(path / LEARNABLE_NAME), device=device)
+    expected = _d3rlpy_config_name(path, meta["config"])
+    algo = load_agent(path, device=device, expected_config=expected)
+    _check_shapes(path, algo, meta["data"])
     return TrainedPolicy(path, algo, meta)
+
+
+def _d3rlpy_config_name(path: Path, config: dict[str, Any]) -> str:
+    """The d3rlpy config class of the artifact's agent (``config.json``'s ``agent``)."""
+    from offline_rl.agents import AGENT_CONFIGS
+
+    agent = AGENT_CONFIGS.get(str(config.get("agent")))
+    if agent is None:
+        raise TrainingError(f"{path / 'config.json'}: unknown agent {config.get('agent')!r}")
+    return agent.d3rlpy_name
+
+
+def _check_shapes(path: Path, algo: Any, data: dict[str, Any]) -> None:
+    """The rebuilt agent must take the artifact's features and act in its action space."""
+    space = data["action_space"]
+    actions = int(space["n"]) if space["type"] == "discrete" else len(space["low"])
+    shape = tuple(algo.impl.observation_shape)
+    if shape != (len(data["feature_names"]),) or int(algo.impl.action_size) != actions:
+        raise TrainingError(
+            f"{path}: agent.json's shapes ({shape}, {algo.impl.action_size} actions) do not "
+            f"match data.json ({len(data['feature_names'])} features, {actions} actions)"
+        )

@@ -29,7 +29,9 @@ papers' pseudo-count experiments). Both are fitted on the training part of the l
 
 A certified candidate is saved as an artifact folder: ``certified.json`` (operator, parameter,
 behaviour coefficients, cells and counts: JSON, nothing pickled), the agent's own artifact in
-``agent/``, and ``SHA256SUMS`` over everything. ``offline_rl.artifacts.load_policy`` loads it.
+``agent/`` (JSON and safetensors, see ``offline_rl.safe_io``), ``SHA256SUMS`` over everything
+and, with ``ECOMRL_ARTIFACT_KEY`` set, ``SIGNATURE``. ``load_policy`` below loads it; nothing
+is unpickled.
 Discrete action spaces only: for a continuous agent a bounded-ratio candidate is not built yet
 (see offline_rl/README.md).
 """
@@ -284,7 +286,11 @@ class CertifiedPolicy:
         return self.act(observations, self._rng)
 
     def save(self, folder: Path | str, agent_artifact: Path | str) -> Path:
-        """Write the member as an artifact folder (the agent's artifact copied into it)."""
+        """Write the member as an artifact folder (the agent's artifact copied into it).
+
+        The agent's artifact is verified first (hashes, signature when a key is set): the new
+        folder's sums and signature must not vouch for an agent that was tampered with."""
+        verify_checksums(Path(agent_artifact))
         out = Path(folder)
         if out.exists():
             shutil.rmtree(out)
@@ -313,8 +319,9 @@ def load_policy(
 ) -> TrainedPolicy | CertifiedPolicy:
     """Any policy artifact: a trained agent, or a certified candidate around one.
 
-    Every file's hash is checked before anything is unpickled: the certified folder's
-    ``SHA256SUMS`` first, then the agent's own (``offline_rl.artifacts.load_policy``).
+    Every file's hash (and, with ``ECOMRL_ARTIFACT_KEY`` set, the signature) is checked before
+    anything is read: the certified folder's ``SHA256SUMS`` first, then the agent's own
+    (``offline_rl.artifacts.load_policy``). Nothing is unpickled.
     """
     path = Path(folder)
     if not is_certified(path):

@@ -29,7 +29,6 @@ from tqdm import tqdm
 
 from offline_rl.agents import AGENT_CONFIGS, AgentConfig
 from offline_rl.artifacts import (
-    LEARNABLE_NAME,
     code_version,
     export_onnx,
     write_checksums,
@@ -52,6 +51,7 @@ from offline_rl.fast_loop import (
     to_tensors,
 )
 from offline_rl.response import crossfit_expected_rewards
+from offline_rl.safe_io import load_training_state, save_agent
 from offline_rl.splits import split
 
 log = structlog.get_logger(__name__)
@@ -157,7 +157,7 @@ def warm_start(algo: Any, artifact: Path, agent: str, manifest: TransitionManife
         )
     if data.get("feature_names") != manifest.feature_names:
         raise TrainingError(f"warm start: {artifact} was trained on other features")
-    algo.load_model(str(artifact / "model.pt"))
+    load_training_state(algo, artifact / "model.pt")
     log.info("warm_start", artifact=str(artifact))
 
 
@@ -334,7 +334,7 @@ def _load_checkpoint(
             f"checkpoint {path} was made with another dataset or config (differs in {diff}); "
             "train without --resume or into another --out"
         )
-    algo.load_model(str(path / "model.pt"))
+    load_training_state(algo, path / "model.pt")
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if trainer is not None and "sampler" in rng:
@@ -494,7 +494,6 @@ def train_on_frame(
         metrics={
             "curves": curves.points,
             "validation": validation,
-            "updates_per_second": speed,
             "train_transitions": train_arrays.n_transitions,
             "train_episodes": train_arrays.n_episodes,
             "valid_episodes": valid_arrays.n_episodes if valid_arrays else 0,
@@ -656,7 +655,7 @@ def write_artifact(
     tmp = folder.parent / f".{folder.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    algo.save(str(tmp / LEARNABLE_NAME))
+    save_agent(algo, tmp)
     algo.save_model(str(tmp / "model.pt"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # d3rlpy's scalers trip the tracer's shape warnings

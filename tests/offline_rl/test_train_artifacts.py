@@ -68,7 +68,8 @@ def test_agent_trains_saves_reloads_and_exports(
     assert result.artifact == tmp_path / "out" / agent
     names = {p.name for p in result.artifact.iterdir()}
     assert {
-        "learnable.d3",
+        "agent.json",
+        "weights.safetensors",
         "model.pt",
         "policy.pt",
         "config.json",
@@ -184,8 +185,8 @@ def test_tampered_artifact_is_refused_before_unpickling(
     load_policy(folder)  # intact: loads
 
     _Bomb.marker = str(tmp_path / "pwned")
-    (folder / "learnable.d3").write_bytes(pickle.dumps(_Bomb()))
-    with pytest.raises(TrainingError, match="tampered"):
+    (folder / "weights.safetensors").write_bytes(pickle.dumps(_Bomb()))
+    with pytest.raises(TrainingError, match="does not match its SHA-256"):
         load_policy(folder)
     assert not (tmp_path / "pwned").exists()
 
