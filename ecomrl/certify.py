@@ -17,7 +17,7 @@ from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData, TransitionsDataset
 from evaluation.propensity import fill_missing_propensities
 from evaluation.selection import SelectionResult, select_candidate
-from offline_rl.behaviour import BehaviourModel
+from offline_rl.behaviour import DiscreteBehaviourModel
 from offline_rl.certified import (
     CertifiedPolicy,
     CertifiedSpec,
@@ -53,7 +53,8 @@ def build_family(
     n_actions = int(space["n"])
     obs = _observations(fit_frame)
     actions = fit_frame["action"].to_numpy()
-    model = BehaviourModel(space, BehaviourConfig(calibration="none")).fit(obs, actions)
+    cfg = BehaviourConfig()
+    model = DiscreteBehaviourModel(n_actions, cfg.C, cfg.max_iter, "none").fit(obs, actions)
     behaviour = LinearBehaviour.from_sklearn(model.estimator_, n_actions)
     cells = StateCells.fit(obs, actions, n_actions, config.n_cells, config.seed)
     has_critic = hasattr(agent, "predict_value") and _has_critic(agent)

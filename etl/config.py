@@ -127,8 +127,11 @@ class EtlConfig(BaseModel):
     action_labels: list[str] | None = Field(
         None,
         description=(
-            "Discrete action labels in index order. None: the promotion tiers for promotion, "
-            "cat_00..cat_{n_categories-1} for recommendation."
+            "Discrete action labels in index order. None: the labels stored in the dataset's "
+            "manifest (nightly runs), else the scenario's default (the promotion tiers for "
+            "promotion, cat_00..cat_{n_categories-1} for recommendation) when the decision "
+            "events use any of them, else the sorted labels the decision events use "
+            "(discovered)."
         ),
     )
     n_categories: int = Field(8, gt=0, description="K of the recommendation scenario.")
@@ -150,6 +153,13 @@ class EtlConfig(BaseModel):
     max_lateness_days: float = Field(
         2.0, ge=0, description="Rows arriving later than this after they happened are dropped."
     )
+    clock_skew_tolerance_minutes: float = Field(
+        10.0,
+        ge=0,
+        description="Rows whose time is later than their arrival (ingest_ts), or whose time or "
+        "arrival is later than the end of the run date, by more than this are quarantined as "
+        "future_event.",
+    )
     horizon_days: float = Field(30.0, gt=0)
     horizon_steps: int = Field(10, gt=0)
     churn_days: float = Field(14.0, gt=0)
@@ -166,6 +176,21 @@ class EtlConfig(BaseModel):
         0.05, ge=0.0, le=1.0, description="Fail the run when more rows than this go to quarantine."
     )
     bots: BotRule = Field(default_factory=BotRule)
+    max_amount: float = Field(
+        1e7,
+        gt=0,
+        description="Money values above this (absolute, in the row's currency: price, "
+        "unit_price, discount_amount, margin) are quarantined as out_of_range.",
+    )
+    max_count: int = Field(
+        100_000, gt=0, description="Counts above this (quantity, position) are quarantined as "
+        "out_of_range."
+    )
+    require_decisions: bool = Field(
+        True,
+        description="Fail (exit 2) when the events hold no decision event; false loads "
+        "clickstream-only sources (e.g. RetailRocket) as history without transitions.",
+    )
 
     # features
     context_columns: dict[str, list[str]] = Field(

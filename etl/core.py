@@ -37,6 +37,7 @@ from etl.clean import (
 )
 from etl.config import EtlConfig
 from etl.episodes import episode_mode, episodes
+from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling, raw_features
 from etl.io import TableMapping, _parse_ts
 from etl.schema import (
@@ -56,6 +57,7 @@ from etl.validate import (
     ActionSpace,
     encode_action,
     event_reason,
+    is_valid,
     order_reason,
     quarantine_rows,
 )
@@ -85,6 +87,7 @@ class GlobalInputs:
     output_dates: tuple[dt.date, dt.date] | None = None  # decision dates to emit (inclusive)
     count_dates: tuple[dt.date, dt.date] | None = None  # partition dates to account for
     extra: dict[str, object] = field(default_factory=dict)
+    as_of_end_us: int | None = None  # the end of the run date: later rows are future_event
 
 
 @dataclass
@@ -242,8 +245,8 @@ def history_and_pending(
     ev = normalize_frame(events, "events", config, space)
     od = normalize_frame(orders, "orders", config, space)
     pend = normalize_frame(pending, "events", config, space, source="<pending>")
-    ev = ev.filter(event_reason(config, space).is_null())
-    od = od.filter(order_reason(config).is_null())
+    ev = ev.filter(is_valid(event_reason(config, space)))
+    od = od.filter(is_valid(order_reason(config)))
     ev, od = _relevant(ev, od, pend)
     links = identity_links(ev.lazy(), od.lazy()).collect()
     both = pl.concat([ev.with_columns(pl.lit(False).alias("_pending")),
@@ -295,6 +298,7 @@ def global_inputs(
     link_orders: Sequence[pl.LazyFrame] | None = None,
     stitched_only: bool = False,
     workers: int = 1,
+    as_of_end_us: int | None = None,
 ) -> GlobalInputs:
     """Identity map, duplicate rows and data end, computed once over all valid rows.
 
@@ -308,11 +312,16 @@ def global_inputs(
     window). ``stitched_only``: keep only the links of anonymous ids that rows without a user_id
     carry in ``events`` / ``orders``, the only ones the transform looks up (the same output, a
     far smaller map; a partial map that is merged with others, as Spark's, needs them all).
+    ``as_of_end_us``: the end of the run date; later rows are not valid (``future_event``).
+
+    The end of the data (unless ``data_end_us`` is given) is midnight after the latest time
+    (event or arrival) of a valid row, of ``link_events`` / ``link_orders`` too when given, and
+    never after ``as_of_end_us``: folder names play no part.
     """
     ev_parts = [events] if isinstance(events, pl.LazyFrame) else list(events)
     od_parts = [orders] if isinstance(orders, pl.LazyFrame) else list(orders)
-    valid_ev = [_valid(p, "events", config, space) for p in ev_parts]
-    valid_od = [_valid(p, "orders", config, space) for p in od_parts]
+    valid_ev = [_valid(p, "events", config, space, as_of_end_us) for p in ev_parts]
+    valid_od = [_valid(p, "orders", config, space, as_of_end_us) for p in od_parts]
     wanted = _stitched_ids([*ev_parts, *od_parts], workers) if stitched_only else None
     own_links = link_events is None and link_orders is None
     links = _Links()
@@ -323,10 +332,7 @@ def global_inputs(
 
         def piece(lf: pl.LazyFrame, table: str = table, ts_col: str = ts_col
                   ) -> list[pl.DataFrame]:
-            queries = [
-                lf.select(_id_hash(table)),
-                lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m")),
-            ]
+            queries = [lf.select(_id_hash(table)), _latest(lf, ts_col)]
             if own_links:
                 queries.append(_link_partial(lf, ts_col, wanted))
             return pl.collect_all(queries)
@@ -341,21 +347,35 @@ def global_inputs(
     if not own_links:
         for table, link_parts in (("events", link_events or []), ("orders", link_orders or [])):
             ts_col = "event_ts" if table == "events" else "order_ts"
-            queries = [_link_partial(_valid(lf, table, config, space), ts_col, wanted)
-                       for lf in link_parts]
-            for got_links in in_order(pl.LazyFrame.collect, queries, workers):
-                links.add(got_links)
+            queries = [
+                [_link_partial(v, ts_col, wanted), _latest(v, ts_col)]
+                for v in (_valid(lf, table, config, space, as_of_end_us) for lf in link_parts)
+            ]
+            for got_links in in_order(pl.collect_all, queries, workers):
+                links.add(got_links[0])
+                piece_end = got_links[1]["m"][0]
+                if piece_end is not None and (end is None or piece_end > end):
+                    end = piece_end
     links_df = links.result()
     dups_df = _duplicates(valid_ev, valid_od, hashes)
     if data_end_us is None:
-        if end is None:
-            data_end_us = 0
-        else:  # the end of the last day with data (as for files: midnight after the last date)
-            last = dt.datetime.combine(end.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-            data_end_us = (last - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(
-                microseconds=1
-            )
-    return GlobalInputs(space, links_df, dups_df, data_end_us)
+        data_end_us = end_of_data(end, as_of_end_us)
+    return GlobalInputs(space, links_df, dups_df, data_end_us, as_of_end_us=as_of_end_us)
+
+
+def _latest(lf: pl.LazyFrame, ts_col: str) -> pl.LazyFrame:
+    """The latest time (event or arrival) of the rows, as ``m``."""
+    return lf.select(pl.max_horizontal(ts_col, "ingest_ts").max().alias("m"))
+
+
+def end_of_data(latest: dt.datetime | None, as_of_end_us: int | None) -> int:
+    """The end of the data (epoch microseconds): midnight after the day of the latest valid
+    row (0 without rows), at most the end of the run date."""
+    if latest is None:
+        return 0
+    last = dt.datetime.combine(latest.date() + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    end = (last - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    return end if as_of_end_us is None else min(end, as_of_end_us)
 
 
 def _stitched_ids(parts: Sequence[pl.LazyFrame], workers: int) -> pl.Series:
@@ -372,10 +392,13 @@ def _stitched_ids(parts: Sequence[pl.LazyFrame], workers: int) -> pl.Series:
     return pl.concat(found)["anonymous_id"].unique().sort()
 
 
-def _valid(lf: pl.LazyFrame, table: str, config: EtlConfig, space: ActionSpace) -> pl.LazyFrame:
+def _valid(lf: pl.LazyFrame, table: str, config: EtlConfig, space: ActionSpace,
+           as_of_end_us: int | None) -> pl.LazyFrame:
     if table == "events":
-        return lf.with_columns(encode_action(space)).filter(event_reason(config, space).is_null())
-    return lf.filter(order_reason(config).is_null())
+        return lf.with_columns(encode_action(space)).filter(
+            is_valid(event_reason(config, space, as_of_end_us))
+        )
+    return lf.filter(is_valid(order_reason(config, as_of_end_us)))
 
 
 def _id_hash(table: str) -> pl.Expr:
@@ -469,6 +492,54 @@ def _counts(
                           "reason", "n")
 
 
+def _unknown_context(decisions: pl.DataFrame, config: EtlConfig) -> pl.DataFrame:
+    """Decisions per decision date whose context value is not among the configured values
+    (their one-hot features are all zero), per context column (``reason``); nulls are not
+    counted (not logged)."""
+    parts = [empty_counts()]
+    for col, values in config.context_columns.items():
+        unknown = pl.col(col).is_not_null() & ~pl.col(col).is_in(values)
+        parts.append(
+            decisions.filter(unknown)
+            .group_by(pl.col("event_ts").dt.date().alias("date"))
+            .agg(pl.len().cast(pl.Int64).alias("n"))
+            .select(pl.lit("decisions").alias("table"), "date",
+                    pl.lit("unknown_context").alias("outcome"), pl.lit(col).alias("reason"), "n")
+        )
+    return pl.concat(parts)
+
+
+def decision_actions(events: pl.LazyFrame, continuous: bool) -> pl.LazyFrame:
+    """Decision events per action label: ``action`` (the label; null for a missing label and
+    for continuous actions) and ``n``."""
+    label = pl.lit(None, dtype=pl.String) if continuous else pl.col("action").cast(pl.String)
+    return (
+        events.filter(pl.col("event_type") == "decision")
+        .group_by(label.alias("action"))
+        .agg(pl.len().cast(pl.Int64).alias("n"))
+    )
+
+
+def action_counts(frames: Sequence[pl.DataFrame]) -> tuple[dict[str, int], int]:
+    """Partial :func:`decision_actions` combined: (label -> decisions, all decision events)."""
+    both = pl.concat([pl.DataFrame(schema={"action": pl.String, "n": pl.Int64}), *frames])
+    summed = both.group_by("action").agg(pl.col("n").sum()).sort("action", nulls_last=True)
+    found = {str(a): int(n) for a, n in summed.drop_nulls("action").iter_rows()}
+    return found, int(summed["n"].sum())
+
+
+def require_decisions(n_decisions: int, n_events: int, config: EtlConfig) -> None:
+    """Raise :class:`EtlError` for logs without decision events (unless the config allows it:
+    clickstream-only sources)."""
+    if n_decisions == 0 and config.require_decisions:
+        raise EtlError(
+            f"no decision events in {n_events} rows: map the events that record what the "
+            "platform chose (event_type 'decision' with decision_id and action; see the "
+            "[etl.mapping] event_type_map), or set [etl] require_decisions = false to load "
+            "clickstream history only"
+        )
+
+
 def _in_dates(col: str, dates: tuple[dt.date, dt.date] | None) -> pl.Expr:
     if dates is None:
         return pl.lit(True)
@@ -488,10 +559,8 @@ def transform_partition(
     space = g.space
     spec = FeatureSpec.from_config(config, space)
     events = with_codes(events, "events", space)
-    ev_reason = event_reason(config, space)
-    od_reason = order_reason(config)
-    events = events.with_columns(ev_reason)
-    orders = orders.with_columns(od_reason)
+    events = events.with_columns(event_reason(config, space, g.as_of_end_us))
+    orders = orders.with_columns(order_reason(config, g.as_of_end_us))
     bad_ev = events.filter(pl.col(REASON).is_not_null())
     bad_od = orders.filter(pl.col(REASON).is_not_null())
     ctx = list(config.context_columns)
@@ -550,6 +619,7 @@ def transform_partition(
         at = emit.cast(pl.Int64).cum_sum() - 1  # the row within out_dec
         eps = eps.filter(emit.gather(eps[DEC_ROW]))
         eps = eps.with_columns(at.gather(eps[DEC_ROW]).cast(pl.UInt32).alias(DEC_ROW))
+    counts = pl.concat([counts, _unknown_context(out_dec, config)])
     raw = raw_features(ev, od, out_dec, g.links, spec)
     rewards = attribute(out_dec, ev, od, config)
     n_feat = len(spec.names)

@@ -14,12 +14,15 @@ import datetime as dt
 import hashlib
 import re
 import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Literal
 
 import polars as pl
+import pyarrow as pa
 
 from etl.config import ColumnMapping, EtlConfig, TableMapping
 from etl.errors import EtlError
@@ -39,6 +42,11 @@ from etl.schema import (
 
 Table = Literal["events", "orders"]
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+# what reading a file may raise when its bytes are bad (polars panics are BaseExceptions)
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException, OSError,
+    UnicodeDecodeError,
+)
 _SUFFIXES = (".parquet", ".csv")
 _TS_FORMAT = "%Y-%m-%d %H:%M:%S%.f%:z"
 _NAIVE_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
@@ -90,15 +98,28 @@ def discover(input_root: Path | str) -> list[InputFile]:
         for path in sorted(base.rglob("*")):
             if path.suffix not in _SUFFIXES or not path.is_file() or path.name.startswith("."):
                 continue
+            relpath = path.relative_to(root).as_posix()
             part: dt.date | None = None
             for parent in path.relative_to(base).parents:
-                match = _DATE_DIR.match(parent.name)
-                if match:
-                    part = dt.date.fromisoformat(match.group(1))
-            found.append(InputFile(path, path.relative_to(root).as_posix(), table, part))
+                if parent.name.startswith("date="):
+                    part = _part_date(parent.name, relpath)
+            found.append(InputFile(path, relpath, table, part))
         if base.is_dir() and not any(f.table == table for f in found):
             raise EtlError(f"{base}: no Parquet or CSV files")
     return found
+
+
+def _part_date(folder: str, relpath: str) -> dt.date:
+    """The date of a ``date=YYYY-MM-DD`` partition folder (EtlError naming it when invalid)."""
+    match = _DATE_DIR.match(folder)
+    try:
+        if match is None:
+            raise ValueError(folder)
+        return dt.date.fromisoformat(match.group(1))
+    except ValueError:
+        raise EtlError(
+            f"{relpath}: partition folder '{folder}' is not a valid date=YYYY-MM-DD"
+        ) from None
 
 
 def sha256(path: Path) -> str:
@@ -154,12 +175,15 @@ def _parse_ts(col: str, dtype: pl.DataType, mapping: TableMapping) -> tuple[pl.E
 
 def _check_castable(lf: pl.LazyFrame, col: str, expr: pl.Expr, relpath: str, what: str) -> None:
     """Raise EtlError when non-null values of ``col`` do not parse through ``expr``."""
-    bad = (
+    query = (
         lf.select(pl.col(col).alias("_orig"), expr.alias("_parsed"))
         .filter(pl.col("_orig").is_not_null() & pl.col("_parsed").is_null())
         .head(1)
-        .collect()
     )
+    try:
+        bad = query.collect()
+    except READ_ERRORS as exc:
+        raise EtlError(f"{relpath}: column '{col}': cannot read: {_short(exc)}") from exc
     if bad.height:
         sample = bad["_orig"][0]
         raise EtlError(f"{relpath}: column '{col}': cannot parse {sample!r} as {what}")
@@ -179,8 +203,8 @@ def scan_table(
     lf = lf.with_columns(pl.col(ROW_NR).cast(pl.Int64))
     try:
         schema = lf.collect_schema()
-    except Exception as exc:  # unreadable file: polars raises its own error types
-        raise EtlError(f"{file.relpath}: cannot read: {exc}") from exc
+    except READ_ERRORS as exc:  # unreadable file: polars raises its own error types
+        raise EtlError(f"{file.relpath}: cannot read: {_short(exc)}") from exc
     if tmap.event_id_from:
         missing = [c for c in tmap.event_id_from if c not in schema]
         if missing:
@@ -302,15 +326,58 @@ def action_is_continuous(files: list[InputFile], config: EtlConfig) -> bool:
     for file in files:
         if file.table != "events":
             continue
-        lf = _scan(file.path)
         renames = {s: d for s, d in mapping.events.rename.items()}
-        schema = lf.collect_schema()
+        try:
+            schema = _scan(file.path).collect_schema()
+        except READ_ERRORS as exc:
+            raise EtlError(f"{file.relpath}: cannot read: {_short(exc)}") from exc
         for src, dst in renames.items():
             if dst == "action" and src in schema:
                 return bool(schema[src].is_float())
         if "action" in schema:
             return bool(schema["action"].is_float())
     return False
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's first line (polars appends long hints), at most 300 characters."""
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first[:300]
+
+
+def unreadable_file(files: Sequence[InputFile], config: EtlConfig, *, continuous: bool
+                    ) -> EtlError | None:
+    """After a read of many files failed: the first file that fails to load
+    alone (every column, every row), as an :class:`EtlError` naming it and the column when one
+    column alone fails; None when each file loads (the error was not the input's)."""
+    mapping = resolve_mapping(config)
+    for file in files:
+        try:
+            lf = scan_table(file, config, continuous=continuous, mapping=mapping)
+        except EtlError as exc:
+            return exc
+        except READ_ERRORS as exc:
+            return EtlError(f"{file.relpath}: cannot read: {_short(exc)}")
+        try:
+            lf.collect()
+        except READ_ERRORS as exc:
+            return EtlError(f"{file.relpath}: cannot read{_bad_column(lf)}: {_short(exc)}")
+    return None
+
+
+def _bad_column(lf: pl.LazyFrame) -> str:
+    """`` (column 'x')`` for the first column that fails to load alone, else ''."""
+    try:
+        names = lf.collect_schema().names()
+        for col in names:
+            try:
+                lf.select(col).collect()
+            except READ_ERRORS:
+                return f" (column '{col}')"
+    except READ_ERRORS:
+        pass
+    return ""
 
 
 def read_tables(
@@ -354,3 +421,39 @@ def _concat(frames: list[pl.LazyFrame], table: Table, continuous: bool,
     columns.update({NAIVE_TS: pl.Boolean(), SOURCE_FILE: pl.String(), ROW_NR: pl.Int64(),
                     PART_DATE: pl.Date()})
     return pl.LazyFrame(schema=columns)
+
+
+@contextmanager
+def input_errors(files: Sequence[InputFile], config: EtlConfig, *, continuous: bool
+                 ) -> Iterator[None]:
+    """Turn a read error of a multi-file query into an :class:`EtlError` naming the file (and
+    the column where one column alone fails) that causes it."""
+    try:
+        yield
+    except EtlError:
+        raise
+    except READ_ERRORS as exc:
+        named = unreadable_file(files, config, continuous=continuous)
+        if named is None:
+            raise
+        raise named from exc
+
+
+def run_date_end_us(as_of: dt.date) -> int:
+    """The end of a run date (midnight after it, UTC) in epoch microseconds."""
+    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return (end - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def run_date(as_of: dt.date | str | None) -> dt.date:
+    """The run date: ``as_of``, else today (UTC): nothing can have happened after it."""
+    if as_of is None:
+        return dt.datetime.now(dt.UTC).date()
+    return dt.date.fromisoformat(as_of) if isinstance(as_of, str) else as_of
+
+
+def folders_after(files: Sequence[InputFile], as_of: dt.date) -> list[str]:
+    """Partition folders dated after the run date (their rows are judged by their own times;
+    the folder name never moves the end of the data)."""
+    return sorted({f.relpath.rsplit("/", 1)[0] for f in files
+                   if f.part_date is not None and f.part_date > as_of})

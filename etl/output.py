@@ -6,7 +6,7 @@ same dataset; everything here is the common part of how it is accounted for and 
 * accounting: :func:`tally` (per-date counts that must reconcile exactly), :func:`totals`,
   :func:`check_quarantine` (the ceiling on the quarantined share);
 * the manifest: :func:`build_manifest`, :func:`load_scaling` (reuse a stored scaling),
-  :func:`data_end_us` (the end of the data from the partition dates);
+  :func:`stored_action_space` (reuse a stored action vocabulary);
 * atomic publication: :func:`write_json`, :func:`swap_dir`, :func:`write_day` (a nightly run
   replaces one date's partitions and merges the manifest).
 """
@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import structlog
 
 from etl.attribute import reward_kind
 from etl.config import EtlConfig
@@ -30,10 +31,10 @@ from etl.core import RAW_OBS
 from etl.episodes import episode_mode
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
-from etl.io import InputFile
 from etl.schema import SCHEMA_VERSION
 from etl.validate import ActionSpace
 
+log = structlog.get_logger(__name__)
 MANIFEST = "_manifest.json"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -56,7 +57,7 @@ def tally(counts: pl.DataFrame, rows_in: pl.DataFrame) -> dict[str, dict[str, An
         day = row["date"].isoformat()
         if row["table"] == "decisions":  # decisions that make no transition (not input rows)
             ex = by_date.setdefault(day, {}).setdefault("decisions", {"excluded": {}})
-            ex["excluded"][row["reason"]] = row["n"]
+            ex.setdefault(row["outcome"], {})[row["reason"]] = row["n"]
             continue
         entry = by_date.setdefault(day, {}).setdefault(
             row["table"], {"rows_in": 0, "used": 0, "quarantined": {}, "dropped": {}}
@@ -84,9 +85,11 @@ def totals(by_date: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for tables in by_date.values():
         for table, c in tables.items():
             if table == "decisions":
-                ex = out.setdefault("decisions", {"excluded": {}})["excluded"]
-                for reason, n in c["excluded"].items():
-                    ex[reason] = ex.get(reason, 0) + n
+                dec = out.setdefault("decisions", {"excluded": {}})
+                for outcome, reasons in c.items():
+                    ex = dec.setdefault(outcome, {})
+                    for reason, n in reasons.items():
+                        ex[reason] = ex.get(reason, 0) + n
                 continue
             t = out.setdefault(table, {"rows_in": 0, "used": 0, "quarantined": {}, "dropped": {}})
             t["rows_in"] += c["rows_in"]
@@ -96,18 +99,32 @@ def totals(by_date: dict[str, dict[str, Any]]) -> dict[str, Any]:
                     t[kind][reason] = t[kind].get(reason, 0) + n
     for name, t in out.items():
         if name == "decisions":
+            for outcome in t:
+                t[outcome] = dict(sorted(t[outcome].items()))
             continue
         t["quarantined"] = dict(sorted(t["quarantined"].items()))
         t["dropped"] = dict(sorted(t["dropped"].items()))
     return dict(sorted(out.items()))
 
 
-def check_quarantine(counts: dict[str, Any], config: EtlConfig) -> None:
+def check_quarantine(counts: dict[str, Any], config: EtlConfig, action_hint: str = "") -> None:
     """Raise :class:`EtlError` when the quarantined share of the input rows is above
-    ``config.max_quarantine_share`` (``counts``: the totals of :func:`totals`)."""
+    ``config.max_quarantine_share`` (``counts``: the totals of :func:`totals`); log the
+    decisions quarantined for their action and those with unknown context values.
+    ``action_hint``: the labels expected and found (:func:`etl.validate.action_hint`), added
+    when actions were quarantined."""
     tables = [t for name, t in counts.items() if name != "decisions"]
     rows = sum(t["rows_in"] for t in tables)
     bad = sum(sum(t["quarantined"].values()) for t in tables)
+    events = counts.get("events", {}).get("quarantined", {})
+    wrong_action = {r: events[r] for r in ("bad_action", "unknown_action") if events.get(r)}
+    hint = f"; {action_hint}" if wrong_action and action_hint else ""
+    if wrong_action:
+        log.warning("decisions quarantined for their action", **wrong_action, hint=action_hint)
+    unknown_context = counts.get("decisions", {}).get("unknown_context")
+    if unknown_context:
+        log.warning("decisions with context values outside [etl] context_columns (all-zero "
+                    "one-hot features)", **unknown_context)
     if rows and bad / rows > config.max_quarantine_share:
         reasons: dict[str, int] = {}
         for t in tables:
@@ -116,7 +133,8 @@ def check_quarantine(counts: dict[str, Any], config: EtlConfig) -> None:
         top = ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items(), key=lambda x: -x[1])[:3])
         raise EtlError(
             f"{bad} of {rows} rows ({bad / rows:.1%}) failed validation, above "
-            f"max_quarantine_share={config.max_quarantine_share:.1%} ({top}); nothing written"
+            f"max_quarantine_share={config.max_quarantine_share:.1%} ({top}); nothing "
+            f"written{hint}"
         )
 
 
@@ -157,30 +175,44 @@ def build_manifest(
     }
 
 
-def data_end_us(files: list[InputFile]) -> int | None:
-    """The end of the data (midnight after the last partition date, epoch microseconds), or None
-    when a file has no partition date."""
-    dates = [f.part_date for f in files]
-    if not dates or any(d is None for d in dates):
+def stored_manifest(config: EtlConfig, out_root: Path, prefer_existing: bool
+                    ) -> dict[str, Any] | None:
+    """The manifest whose scaling and action vocabulary a run reuses: ``config.scaling_from``,
+    else (``prefer_existing``, nightly runs) the output's manifest, else None."""
+    path = _stored_path(config, out_root, prefer_existing)
+    if path is None:
         return None
-    last = max(d for d in dates if d is not None)
-    end = dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
-    return (end - EPOCH) // dt.timedelta(microseconds=1)
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
 
 
-def load_scaling(config: EtlConfig, out_root: Path, spec: FeatureSpec,
-                 prefer_existing: bool) -> Scaling | None:
-    """The scaling to reuse: ``config.scaling_from``'s, else (``prefer_existing``, nightly runs)
-    the output's manifest's, else None (fit on this run's decisions)."""
-    path: Path | None = None
+def stored_action_space(config: EtlConfig, out_root: Path, prefer_existing: bool
+                        ) -> ActionSpace | None:
+    """The action space of :func:`stored_manifest` (None without one)."""
+    manifest = stored_manifest(config, out_root, prefer_existing)
+    if manifest is None or not isinstance(manifest.get("action_space"), dict):
+        return None
+    return ActionSpace.from_manifest(manifest["action_space"])
+
+
+def _stored_path(config: EtlConfig, out_root: Path, prefer_existing: bool) -> Path | None:
     if config.scaling_from is not None:
         path = Path(config.scaling_from)
         if path.is_dir():
             path = path / MANIFEST
         if not path.is_file():
             raise EtlError(f"scaling_from: manifest not found: {path}")
-    elif prefer_existing and (out_root / MANIFEST).is_file():
-        path = out_root / MANIFEST
+        return path
+    if prefer_existing and (out_root / MANIFEST).is_file():
+        return out_root / MANIFEST
+    return None
+
+
+def load_scaling(config: EtlConfig, out_root: Path, spec: FeatureSpec,
+                 prefer_existing: bool) -> Scaling | None:
+    """The scaling to reuse: ``config.scaling_from``'s, else (``prefer_existing``, nightly runs)
+    the output's manifest's, else None (fit on this run's decisions)."""
+    path = _stored_path(config, out_root, prefer_existing)
     if path is None:
         return None
     manifest = json.loads(path.read_text(encoding="utf-8"))
@@ -284,9 +316,10 @@ __all__ = [
     "MANIFEST",
     "build_manifest",
     "check_quarantine",
-    "data_end_us",
     "load_scaling",
     "replace_partition",
+    "stored_action_space",
+    "stored_manifest",
     "swap_dir",
     "tally",
     "totals",

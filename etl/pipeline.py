@@ -48,22 +48,36 @@ from etl.core import (
     RAW_OBS,
     GlobalInputs,
     PartitionOutput,
+    action_counts,
+    decision_actions,
     empty_counts,
     empty_quarantine,
     global_inputs,
     normalize_frame,
+    require_decisions,
     transform_partition,
 )
 from etl.features import FeatureSpec, Scaling
-from etl.io import action_is_continuous, discover, empty_table, scan_pieces, sha256
+from etl.io import (
+    InputFile,
+    action_is_continuous,
+    discover,
+    empty_table,
+    folders_after,
+    input_errors,
+    run_date,
+    run_date_end_us,
+    scan_pieces,
+    sha256,
+)
 from etl.output import (
     EPOCH,
     MANIFEST,
     apply_scaling,
     build_manifest,
     check_quarantine,
-    data_end_us,
     load_scaling,
+    stored_action_space,
     swap_dir,
     tally,
     totals,
@@ -72,7 +86,7 @@ from etl.output import (
     write_parquet,
 )
 from etl.schema import PART_DATE, transition_schema
-from etl.validate import ActionSpace
+from etl.validate import ActionSpace, action_hint, resolve_action_space
 from etl.workers import in_order
 
 log = structlog.get_logger(__name__)
@@ -204,12 +218,14 @@ def build_transitions(
     *,
     scaling: Scaling | None = None,
     data_end: dt.datetime | None = None,
+    as_of: dt.date | None = None,
 ) -> EtlResult:
     """The whole ETL in memory: raw events and orders (raw-log schema) -> transitions.
 
     Pure: no file is read or written. ``scaling`` reuses a fitted scaling (else it is fitted on
-    these decisions); ``data_end`` is the end of the data for churn and timeouts (default: the
-    latest timestamp in the input).
+    these decisions); ``data_end`` is the end of the data for churn and timeouts (default:
+    midnight after the latest valid row, at most the end of the run date); ``as_of``: the run
+    date (default today, UTC): rows after its end are quarantined as ``future_event``.
     """
     config = config or EtlConfig()
     continuous = (
@@ -217,18 +233,24 @@ def build_transitions(
         if config.action_space != "auto"
         else "action" in events.columns and events.schema["action"].is_float()
     )
-    space = ActionSpace.from_config(config, continuous)
+    found, n_decisions = action_counts([
+        decision_actions(normalize_frame(events, "events", config,
+                                         ActionSpace.from_config(config, continuous)).lazy(),
+                         continuous).collect()
+    ])
+    require_decisions(n_decisions, events.height, config)
+    space = resolve_action_space(config, continuous, found, None)
     spec = FeatureSpec.from_config(config, space)
     ev = normalize_frame(events, "events", config, space)
     od = normalize_frame(orders, "orders", config, space)
     end_us = None if data_end is None else (data_end - EPOCH) // dt.timedelta(microseconds=1)
     g = global_inputs(ev.lazy(), od.lazy(), config, space, data_end_us=end_us,
-                      stitched_only=True)
+                      stitched_only=True, as_of_end_us=run_date_end_us(run_date(as_of)))
     g.scaling = scaling
     out = run_local(ev.lazy(), od.lazy(), g, config,
                     n_buckets=config.bucket_count(ev.height + od.height))
     by_date = tally(out.counts, _rows_in([("events", [ev.lazy()]), ("orders", [od.lazy()])]))
-    check_quarantine(totals(by_date), config)
+    check_quarantine(totals(by_date), config, action_hint(space, found))
     trans, fitted = _finish(out, spec, scaling)
     dates = _decision_dates(trans)
     manifest = build_manifest(config, space, spec, fitted, by_date, [], dates)
@@ -442,6 +464,7 @@ def run_etl(
     date: dt.date | str | None = None,
     *,
     collect: bool = True,
+    as_of: dt.date | str | None = None,
 ) -> EtlResult:
     """Read raw logs under ``input_root`` and write the transition dataset under ``out_root``.
 
@@ -453,16 +476,28 @@ def run_etl(
     manifest. Returned frames hold this run's rows only; ``collect=False`` returns empty frames
     (the manifest only), so that a large backfill never holds its output in memory. Temporary
     files go under the system temporary folder (``TMPDIR``) and are removed, also on errors.
+    ``as_of``: the run date (default today, UTC): rows whose time or arrival lies after its
+    end are quarantined as ``future_event``, and the end of the data (churn, timeouts) is the
+    latest valid row's day, at most the run date.
     """
     config = config or EtlConfig()
     input_root, out_root = Path(input_root), Path(out_root)
     day = dt.date.fromisoformat(date) if isinstance(date, str) else date
     files = discover(input_root)
     continuous = action_is_continuous(files, config)
-    space = ActionSpace.from_config(config, continuous)
+    today = run_date(as_of)
+    end_us = run_date_end_us(today)
+    if later := folders_after(files, today):
+        log.warning("partition folders after the run date (rows judged by their own times)",
+                    run_date=str(today), folders=later[:5], n=len(later))
+    with input_errors(files, config, continuous=continuous):
+        found = scan_actions(files, config, continuous)
+    space = resolve_action_space(config, continuous, found, stored_action_space(
+        config, out_root, prefer_existing=day is not None))
+    if space.discovered:
+        log.info("action vocabulary discovered from the decision events", labels=space.labels)
     spec = FeatureSpec.from_config(config, space)
     n_feat = len(spec.names)
-    end_us = data_end_us(files)
 
     def pieces(chosen: list[Any]) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
         ev, od = scan_pieces(chosen, config, continuous=continuous)
@@ -487,18 +522,21 @@ def run_etl(
             events = [lf.filter(pl.col("event_type") == "decision") for lf in old_ev] + events
         link_ev, link_od = pieces(files)
 
-    rows_in = _rows_in([("events", events), ("orders", orders)])
+    with input_errors(used_files, config, continuous=continuous):
+        rows_in = _rows_in([("events", events), ("orders", orders)])
     n = config.bucket_count(int(rows_in["n"].sum()))
-    log.info("etl start", files=len(used_files), date=str(day) if day else "all", buckets=n)
+    log.info("etl start", files=len(used_files), date=str(day) if day else "all", buckets=n,
+             run_date=str(today))
     scaling = load_scaling(config, out_root, spec, prefer_existing=day is not None)
     with tempfile.TemporaryDirectory(prefix="ecomrl-etl-") as tmp:
         spill = _Spill(Path(tmp), fit=scaling is None, n_ranges=n)
-        _transform(events, orders, link_ev, link_od, config, space, end_us, scaling, n, spill,
-                   day)
+        with input_errors(files, config, continuous=continuous):
+            _transform(events, orders, link_ev, link_od, config, space, end_us, scaling, n,
+                       spill, day)
         if day is not None:
             rows_in = rows_in.filter(pl.col("date") == day)
         by_date = tally(pl.concat(spill.counts), rows_in)
-        check_quarantine(totals(by_date), config)
+        check_quarantine(totals(by_date), config, action_hint(space, found))
         if scaling is None:
             scaling = spill.fit_scaling(spec.names)
         inputs = [
@@ -539,7 +577,7 @@ def run_etl(
 def _transform(
     events: list[pl.LazyFrame], orders: list[pl.LazyFrame],
     link_ev: list[pl.LazyFrame] | None, link_od: list[pl.LazyFrame] | None,
-    config: EtlConfig, space: ActionSpace, end_us: int | None, scaling: Scaling | None,
+    config: EtlConfig, space: ActionSpace, as_of_end_us: int, scaling: Scaling | None,
     n: int, spill: _Spill, day: dt.date | None,
 ) -> None:
     """Global steps, then the transform per bucket (``config.worker_count()`` at the same
@@ -547,8 +585,8 @@ def _transform(
     workers = config.worker_count()
 
     def globals_of(ev: Sequence[pl.LazyFrame], od: Sequence[pl.LazyFrame]) -> GlobalInputs:
-        g = global_inputs(ev, od, config, space, data_end_us=end_us, link_events=link_ev,
-                          link_orders=link_od, stitched_only=True, workers=workers)
+        g = global_inputs(ev, od, config, space, link_events=link_ev, link_orders=link_od,
+                          stitched_only=True, workers=workers, as_of_end_us=as_of_end_us)
         if day is not None:
             g.output_dates = (day, day)
             g.count_dates = (day, day)
@@ -578,6 +616,25 @@ def _transform(
     for b, out in enumerate(tqdm(done, total=n, desc="etl buckets", leave=False, disable=None)):
         spill.put_outputs(b, out)
         log.debug("bucket done", bucket=b, decisions=out.transitions.height)
+
+
+def scan_actions(files: Sequence[InputFile], config: EtlConfig, continuous: bool
+                 ) -> dict[str, int]:
+    """The labels the decision events of every events file use (label -> decisions); raises
+    when there is no decision event (unless ``require_decisions`` is off)."""
+    ev, _ = scan_pieces([f for f in files if f.table == "events"], config,
+                        continuous=continuous)
+
+    def count(lf: pl.LazyFrame) -> list[pl.DataFrame]:
+        return pl.collect_all([decision_actions(lf, continuous), lf.select(pl.len())])
+
+    frames, rows = [], 0
+    for actions, length in in_order(count, ev, config.worker_count()):
+        frames.append(actions)
+        rows += int(length.item())
+    found, n_decisions = action_counts(frames)
+    require_decisions(n_decisions, rows, config)
+    return found
 
 
 # ----------------------------------------------------------------------------- writing

@@ -76,6 +76,7 @@ QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
     "row_number": pl.Int64(),
     "partition_date": pl.Date(),
     "reason": pl.String(),
+    "column": pl.String(),
     "raw": pl.String(),
 }
 

@@ -59,21 +59,32 @@ from etl.config import EtlConfig, SparkConfig
 from etl.core import COUNT_SCHEMA, RAW_OBS, GlobalInputs, global_inputs, transform_partition
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
-from etl.io import InputFile, action_is_continuous, discover, resolve_mapping, scan_table, sha256
+from etl.io import (
+    InputFile,
+    action_is_continuous,
+    discover,
+    folders_after,
+    input_errors,
+    resolve_mapping,
+    run_date,
+    run_date_end_us,
+    scan_table,
+    sha256,
+)
 from etl.output import (
     MANIFEST,
     apply_scaling,
     build_manifest,
     check_quarantine,
-    data_end_us,
     load_scaling,
+    stored_action_space,
     swap_dir,
     tally,
     totals,
     write_day,
     write_json,
 )
-from etl.pipeline import EtlResult, lookahead_days, lookback_days
+from etl.pipeline import EtlResult, lookahead_days, lookback_days, scan_actions
 from etl.schema import (
     EVENT_COLUMNS,
     NAIVE_TS,
@@ -85,7 +96,7 @@ from etl.schema import (
     TS,
     transition_schema,
 )
-from etl.validate import ActionSpace
+from etl.validate import ActionSpace, action_hint, resolve_action_space
 
 if TYPE_CHECKING:
     from polars._typing import PolarsDataType
@@ -347,7 +358,7 @@ def _files_df(spark: SparkSession, files: Sequence[InputFile], tasks: int) -> Da
 
 def _read(
     spark: SparkSession, files: Sequence[InputFile], table: str, config: EtlConfig,
-    space: ActionSpace, tasks: int,
+    space: ActionSpace, tasks: int, as_of_end_us: int,
 ) -> DataFrame:
     """Read one table's files in Spark tasks with the ETL's own reader (:func:`scan_table`).
 
@@ -365,18 +376,17 @@ def _read(
     other = _empty(_canonical_schema("orders" if table == "events" else "events",
                                      space.continuous, config))
 
+    def load(r: dict[str, Any]) -> pl.DataFrame:
+        file = InputFile(Path(r["path"]), r["relpath"], r["table"], r["part_date"])
+        with input_errors([file], config, continuous=space.continuous):
+            return scan_table(file, config, continuous=space.continuous, mapping=mapping).collect()
+
     def read(batch: pa.Table) -> pa.Table:
         todo = pl.from_arrow(batch)
         assert isinstance(todo, pl.DataFrame)
-        rows = pl.concat([
-            scan_table(
-                InputFile(Path(r["path"]), r["relpath"], r["table"], r["part_date"]),
-                config, continuous=space.continuous, mapping=mapping,
-            ).collect()
-            for r in todo.iter_rows(named=True)
-        ]).select(list(schema))
+        rows = pl.concat([load(r) for r in todo.iter_rows(named=True)]).select(list(schema))
         ev, od = (rows, other) if table == "events" else (other, rows)
-        g = global_inputs(ev.lazy(), od.lazy(), config, space)
+        g = global_inputs(ev.lazy(), od.lazy(), config, space, as_of_end_us=as_of_end_us)
         links = g.links.select(pl.lit("link").alias(_KIND), "anonymous_id",
                                pl.col(LINK_USER).alias("user_id"), pl.col(LINK_TS).alias("ts"))
         end = pl.DataFrame({_KIND: ["end"], "end_us": [g.data_end_us]})
@@ -413,6 +423,7 @@ def _hashes(spark: SparkSession, files: Sequence[InputFile], tasks: int) -> dict
 def _global_partials(
     events: DataFrame, orders: DataFrame, *, ev_schema: dict[str, pl.DataType],
     od_schema: dict[str, pl.DataType], config: EtlConfig, space: ActionSpace, parts: int,
+    as_of_end_us: int,
 ) -> DataFrame:
     """Per-partition identity links, duplicate rows and data end (:func:`global_inputs`) of
     rows hash-partitioned by event id (order id and line): every copy of an id meets in one
@@ -424,7 +435,7 @@ def _global_partials(
             own = _from_arrow(batch, ev_schema if table == "events" else od_schema)
             ev = own if table == "events" else _empty(ev_schema)
             od = own if table == "orders" else _empty(od_schema)
-            g = global_inputs(ev.lazy(), od.lazy(), config, space)
+            g = global_inputs(ev.lazy(), od.lazy(), config, space, as_of_end_us=as_of_end_us)
             links = g.links.select(
                 pl.lit("link").alias(_KIND), "anonymous_id",
                 pl.col(LINK_USER).alias("user_id"), pl.col(LINK_TS).alias("ts"),
@@ -444,6 +455,7 @@ def _global_partials(
 def _duplicates(
     events: DataFrame, orders: DataFrame, *, ev_schema: dict[str, pl.DataType],
     od_schema: dict[str, pl.DataType], config: EtlConfig, space: ActionSpace, parts: int,
+    as_of_end_us: int,
 ) -> DataFrame:
     """The duplicate rows to drop (source_table, _source_file, _row_nr).
 
@@ -460,6 +472,7 @@ def _duplicates(
     partials = _global_partials(
         candidates(events, ["event_id"]), candidates(orders, ["order_id", "line_no"]),
         ev_schema=ev_schema, od_schema=od_schema, config=config, space=space, parts=parts,
+        as_of_end_us=as_of_end_us,
     )
     return partials.filter(F.col(_KIND) == "dup").select("source_table", SOURCE_FILE, ROW_NR)
 
@@ -551,7 +564,7 @@ def _transform(
         ev = rows.filter(pl.col(_TABLE) == "events").select(list(ev_schema))
         od = rows.filter(pl.col(_TABLE) == "orders").select(list(od_schema))
         part_g = GlobalInputs(g.space, links_p, dups_p, g.data_end_us, g.scaling,
-                              g.output_dates, g.count_dates)
+                              g.output_dates, g.count_dates, as_of_end_us=g.as_of_end_us)
         res = transform_partition(ev, od, part_g, config)
         frames = [
             res.transitions.with_columns(pl.lit(_TRANS).alias(_KIND)),
@@ -617,6 +630,7 @@ def run_etl_spark(
     settings: SparkConfig | None = None,
     collect: bool = True,
     timings: dict[str, float] | None = None,
+    as_of: dt.date | str | None = None,
 ) -> EtlResult:
     """:func:`etl.pipeline.run_etl` on Spark: same inputs, same outputs, same result.
 
@@ -628,7 +642,8 @@ def run_etl_spark(
     by the local writer, so the files are the local engine's, byte for byte). ``collect``: read
     the written transitions and quarantine back into the result (as ``run_etl`` returns them);
     False returns empty frames, for runs too big for the driver. ``timings``: filled with the
-    wall seconds of each step (``session``, ``global_steps``, ``transform``, ...).
+    wall seconds of each step (``session``, ``global_steps``, ``transform``, ...). ``as_of``:
+    the run date (default today, UTC), as in ``run_etl``.
     """
     config = config or EtlConfig()
     if settings is None:
@@ -644,7 +659,8 @@ def run_etl_spark(
     with _spark_errors():
         cached: list[DataFrame] = []
         try:
-            return _run(session, input_root, out_root, config, day, parts, collect, laps, cached)
+            return _run(session, input_root, out_root, config, day, parts, collect, laps, cached,
+                        run_date(as_of))
         finally:
             for df in cached:
                 df.unpersist()
@@ -653,6 +669,7 @@ def run_etl_spark(
 def _run(
     spark: SparkSession, input_root: Path, out_root: Path, config: EtlConfig,
     day: dt.date | None, parts: int, collect: bool, laps: _Laps, cached: list[DataFrame],
+    today: dt.date,
 ) -> EtlResult:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
@@ -664,7 +681,14 @@ def _run(
 
     files = discover(input_root)
     continuous = action_is_continuous(files, config)
-    space = ActionSpace.from_config(config, continuous)
+    as_of_end_us = run_date_end_us(today)
+    if later := folders_after(files, today):
+        log.warning("partition folders after the run date (rows judged by their own times)",
+                    run_date=str(today), folders=later[:5], n=len(later))
+    with input_errors(files, config, continuous=continuous):  # on the driver: labels, decisions
+        found = scan_actions(files, config, continuous)
+    space = resolve_action_space(config, continuous, found, stored_action_space(
+        config, out_root, prefer_existing=day is not None))
     spec = FeatureSpec.from_config(config, space)
     n_feat = len(spec.names)
     ev_schema = _canonical_schema("events", continuous, config)
@@ -672,8 +696,8 @@ def _run(
     log.info("etl start", engine="spark", files=len(files), date=str(day) if day else "all",
              partitions=parts, master=spark.sparkContext.master)
 
-    ev_read = _read(spark, files, "events", config, space, parts)
-    od_read = _read(spark, files, "orders", config, space, parts)
+    ev_read = _read(spark, files, "events", config, space, parts, as_of_end_us)
+    od_read = _read(spark, files, "orders", config, space, parts, as_of_end_us)
     ev_read, od_read = keep(ev_read), keep(od_read)
     all_ev, all_od = _rows(ev_read, ev_schema), _rows(od_read, od_schema)
     if day is None:
@@ -691,27 +715,21 @@ def _run(
         events = all_ev.filter(in_window | (in_older & (F.col("event_type") == "decision")))
         orders = all_od.filter(in_window)
 
-    # --- global steps, once: identity links of every file (both modes, as run_etl), the
-    # duplicates and the data end of the rows this run transforms
+    # --- global steps, once: identity links and the data end of every file (both modes, as
+    # run_etl), the duplicates of the rows this run transforms
     partial_cols = ["anonymous_id", "user_id", "ts", _KIND, "end_us"]
     read_partials = ev_read.select(*partial_cols).unionByName(od_read.select(*partial_cols))
     link_pairs = read_partials.filter(F.col(_KIND) == "link")
     links = keep(_links(link_pairs, parts))
     dups = keep(_duplicates(events, orders, ev_schema=ev_schema, od_schema=od_schema,
-                            config=config, space=space, parts=parts))
-    end_us = data_end_us(files)
-    if end_us is None:
-        if day is None:
-            ends = read_partials
-        else:
-            ends = _global_partials(events, orders, ev_schema=ev_schema, od_schema=od_schema,
-                                    config=config, space=space, parts=parts)
-        end_row = ends.filter(F.col(_KIND) == "end").agg(F.max("end_us")).collect()[0][0]
-        end_us = int(end_row or 0)
+                            config=config, space=space, parts=parts, as_of_end_us=as_of_end_us))
+    end_row = read_partials.filter(F.col(_KIND) == "end").agg(F.max("end_us")).collect()[0][0]
+    end_us = int(end_row or 0)
     dups.count()
     links.count()
     laps.lap("read_and_global_steps")
-    g = GlobalInputs(space, _empty(_LINKS_SCHEMA), _empty({}), end_us)
+    g = GlobalInputs(space, _empty(_LINKS_SCHEMA), _empty({}), end_us,
+                     as_of_end_us=as_of_end_us)
     if day is not None:
         g.output_dates = (day, day)
         g.count_dates = (day, day)
@@ -729,7 +747,7 @@ def _run(
     if day is not None:
         rows_in = rows_in.filter(pl.col("date") == day)
     by_date = tally(counts, rows_in)
-    check_quarantine(totals(by_date), config)
+    check_quarantine(totals(by_date), config, action_hint(space, found))
     laps.lap("accounting")
 
     # --- scaling: fitted on the raw features in (episode_id, step) order, like _finish

@@ -8,7 +8,8 @@ does not import torch and d3rlpy.
 * training: ``train``, ``train_on_frame``, ``TrainResult``, ``FastTrainer``
 * artifacts: ``load_policy`` (an agent or a certified candidate), ``TrainedPolicy``,
   ``CertifiedPolicy``
-* models: ``BehaviourModel``, ``fit_predict_crossfit``, ``fill_propensities``,
+* models: ``behaviour_model`` (``DiscreteBehaviourModel`` / ``BetaBehaviourModel``),
+  ``fit_predict_crossfit``, ``fill_propensities``,
   ``propensity_check``, ``ResponseModel``
 """
 
@@ -33,6 +34,9 @@ _EXPORTS = {
     "CertifiedPolicy": "offline_rl.certified",
     "TrainedPolicy": "offline_rl.artifacts",
     "BehaviourModel": "offline_rl.behaviour",
+    "BetaBehaviourModel": "offline_rl.behaviour",
+    "DiscreteBehaviourModel": "offline_rl.behaviour",
+    "behaviour_model": "offline_rl.behaviour",
     "fit_predict_crossfit": "offline_rl.behaviour",
     "fill_propensities": "offline_rl.behaviour",
     "propensity_check": "offline_rl.behaviour",

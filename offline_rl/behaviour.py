@@ -113,85 +113,113 @@ class BetaRegression(BaseEstimator):
         return np.asarray(np.exp(log_pdf))
 
 
-class BehaviourModel:
-    """The logging policy's model for one action space (manifest ``action_space``)."""
+class DiscreteBehaviourModel(BaseEstimator):
+    """Multinomial logit of the logged action given the state (scikit-learn conventions).
 
-    def __init__(self, action_space: dict[str, Any], config: BehaviourConfig | None = None) -> None:
-        self.action_space = action_space
-        self.config = config or BehaviourConfig()
-        self.discrete = action_space["type"] == "discrete"
-        if self.discrete:
-            self.n_actions = int(action_space["n"])
-        else:
-            if len(action_space["low"]) != 1:
-                raise TrainingError("the continuous behaviour model handles one action dimension")
-            self.low = float(action_space["low"][0])
-            self.high = float(action_space["high"][0])
-        self._model: Any = None
+    ``fit(X, actions)`` sets ``estimator_`` (the fitted ``LogisticRegression``, or the
+    ``CalibratedClassifierCV`` around it) and ``classes_`` (the action indices seen in the logs);
+    actions never logged get probability 0.
+    """
 
-    @classmethod
-    def for_manifest(
-        cls, manifest: TransitionManifest, config: BehaviourConfig | None = None
-    ) -> BehaviourModel:
-        return cls(manifest.data["action_space"], config)
+    def __init__(
+        self, n_actions: int, C: float = 1e4, max_iter: int = 500, calibration: str = "none"
+    ) -> None:
+        self.n_actions = n_actions
+        self.C = C
+        self.max_iter = max_iter
+        self.calibration = calibration
 
-    def fit(self, observations: NDArray[Any], actions: NDArray[Any]) -> BehaviourModel:
-        """Fit on logged states (n, F) and actions (n,) (or (n, 1) continuous rates)."""
-        x = np.asarray(observations, dtype=np.float64)
-        if self.discrete:
-            y = np.asarray(actions).astype(np.int64).reshape(-1)
-            base = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter)
-            if self.config.calibration == "none":
-                model: Any = base
-            else:
-                model = CalibratedClassifierCV(base, method=self.config.calibration, cv=3)
-            self._model = model.fit(x, y)
-            self._classes = np.asarray(self._model.classes_, dtype=np.int64)
-        else:
-            u = self._scale(actions)
-            self._model = BetaRegression(max_iter=self.config.max_iter).fit(x, u)
+    def fit(self, X: NDArray[Any], actions: NDArray[Any]) -> DiscreteBehaviourModel:
+        """Fit on logged states (n, F) and action indices (n,)."""
+        x = np.asarray(X, dtype=np.float64)
+        y = np.asarray(actions).astype(np.int64).reshape(-1)
+        base = LogisticRegression(C=self.C, max_iter=self.max_iter)
+        model: Any = base
+        if self.calibration != "none":
+            model = CalibratedClassifierCV(base, method=self.calibration, cv=3)
+        self.estimator_ = model.fit(x, y)
+        self.classes_ = np.asarray(self.estimator_.classes_, dtype=np.int64)
         return self
 
-    @property
-    def estimator_(self) -> Any:
-        """The fitted scikit-learn (or Beta regression) estimator."""
-        self._check()
-        return self._model
+    def predict_proba(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """(n, K) action probabilities."""
+        _check_fitted(self)
+        x = np.asarray(X, dtype=np.float64)
+        probs = np.zeros((x.shape[0], self.n_actions))
+        probs[:, self.classes_] = self.estimator_.predict_proba(x)
+        return probs
+
+    def propensity(self, X: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
+        """Probability of each logged action."""
+        a = np.asarray(actions).astype(np.int64).reshape(-1)
+        return self.predict_proba(X)[np.arange(a.shape[0]), a]
+
+    def mean_action(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """Expected action index under the model."""
+        return self.predict_proba(X) @ np.arange(self.n_actions, dtype=np.float64)
+
+
+class BetaBehaviourModel(BaseEstimator):
+    """Beta regression of a continuous action in ``[low, high]`` (scikit-learn conventions).
+
+    ``fit(X, actions)`` sets ``estimator_`` (the fitted :class:`BetaRegression` on the scaled
+    action ``(a - low) / (high - low)``); densities are per unit of the action.
+    """
+
+    def __init__(self, low: float, high: float, max_iter: int = 500) -> None:
+        self.low = low
+        self.high = high
+        self.max_iter = max_iter
 
     def _scale(self, actions: NDArray[Any]) -> NDArray[np.float64]:
         a = np.asarray(actions, dtype=np.float64).reshape(-1)
         return (a - self.low) / (self.high - self.low)
 
-    def _check(self) -> None:
-        if self._model is None:
-            raise TrainingError("the behaviour model is not fitted")
+    def fit(self, X: NDArray[Any], actions: NDArray[Any]) -> BetaBehaviourModel:
+        """Fit on logged states (n, F) and actions (n,) or (n, 1)."""
+        x = np.asarray(X, dtype=np.float64)
+        self.estimator_ = BetaRegression(max_iter=self.max_iter).fit(x, self._scale(actions))
+        return self
 
-    def predict_proba(self, observations: NDArray[Any]) -> NDArray[np.float64]:
-        """(n, K) action probabilities (discrete); actions never logged get probability 0."""
-        self._check()
-        if not self.discrete:
-            raise TrainingError("predict_proba is for discrete action spaces; use propensity")
-        x = np.asarray(observations, dtype=np.float64)
-        probs = np.zeros((x.shape[0], self.n_actions))
-        probs[:, self._classes] = self._model.predict_proba(x)
-        return probs
+    def propensity(self, X: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
+        """Density of each logged action, in the action's units."""
+        _check_fitted(self)
+        x = np.asarray(X, dtype=np.float64)
+        return self.estimator_.density(x, self._scale(actions)) / (self.high - self.low)
 
-    def propensity(self, observations: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
-        """Probability (discrete) or density in the action's units (continuous) of each action."""
-        self._check()
-        if self.discrete:
-            a = np.asarray(actions).astype(np.int64).reshape(-1)
-            return self.predict_proba(observations)[np.arange(a.shape[0]), a]
-        u = self._scale(actions)
-        return self._model.density(np.asarray(observations, np.float64), u) / (self.high - self.low)
+    def predict_proba(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """Not defined for a continuous action."""
+        raise TrainingError("predict_proba is for discrete action spaces; use propensity")
 
-    def mean_action(self, observations: NDArray[Any]) -> NDArray[np.float64]:
-        """Mean action under the model (continuous: the mean rate)."""
-        self._check()
-        if self.discrete:
-            return self.predict_proba(observations) @ np.arange(self.n_actions, dtype=np.float64)
-        m = self._model.mean(np.asarray(observations, np.float64))
+    def mean_action(self, X: NDArray[Any]) -> NDArray[np.float64]:
+        """Mean action under the model."""
+        _check_fitted(self)
+        m = self.estimator_.mean(np.asarray(X, np.float64))
         return np.asarray(self.low + (self.high - self.low) * m)
+
+
+BehaviourModel = DiscreteBehaviourModel | BetaBehaviourModel
+"""The logging policy's model for one action space."""
+
+
+def _check_fitted(model: BaseEstimator) -> None:
+    if not hasattr(model, "estimator_"):
+        raise TrainingError("the behaviour model is not fitted")
+
+
+def behaviour_model(
+    action_space: dict[str, Any], config: BehaviourConfig | None = None
+) -> BehaviourModel:
+    """The unfitted model for a manifest's ``action_space`` (discrete: logit; continuous: Beta)."""
+    config = config or BehaviourConfig()
+    if action_space["type"] == "discrete":
+        return DiscreteBehaviourModel(
+            int(action_space["n"]), config.C, config.max_iter, config.calibration
+        )
+    if len(action_space["low"]) != 1:
+        raise TrainingError("the continuous behaviour model handles one action dimension")
+    low, high = float(action_space["low"][0]), float(action_space["high"][0])
+    return BetaBehaviourModel(low, high, config.max_iter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,7 +253,7 @@ def fit_predict_crossfit(
     probs = np.empty((n, int(action_space["n"]))) if discrete else None
     fold = np.zeros(n, dtype=np.int64)
     for i, (fit_idx, pred_idx) in enumerate(crossfit_folds(groups, n_folds or config.n_folds)):
-        model = BehaviourModel(action_space, config).fit(x[fit_idx], a[fit_idx])
+        model = behaviour_model(action_space, config).fit(x[fit_idx], a[fit_idx])
         prop[pred_idx] = model.propensity(x[pred_idx], a[pred_idx])
         if probs is not None:
             probs[pred_idx] = model.predict_proba(x[pred_idx])
@@ -338,7 +366,7 @@ def behaviour_report(
     if "behaviour_propensity" not in target.columns or train.height == 0:
         return {}
     obs, act, _ = _frame_arrays(train, manifest.discrete)
-    model = BehaviourModel.for_manifest(manifest, config).fit(obs, act)
+    model = behaviour_model(manifest.data["action_space"], config).fit(obs, act)
     t_obs, t_act, _ = _frame_arrays(target, manifest.discrete)
     logged = target["behaviour_propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     check = propensity_check(

@@ -11,18 +11,23 @@ terminate becomes a timeout on import. :func:`read_d3rlpy` reads a file written 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from d3rlpy.constants import ActionSpace
-from d3rlpy.dataset import InfiniteBuffer, ReplayBuffer, ReplayBufferBase
 
+from offline_rl._quiet import import_d3rlpy
 from offline_rl.errors import TrainingError
+
+if TYPE_CHECKING:
+    from d3rlpy.dataset import ReplayBufferBase
+
+_d3rlpy = import_d3rlpy()  # keeps the CLI's logging configuration (d3rlpy resets structlog)
 
 
 def steps_from_mdp_dataset(dataset: ReplayBufferBase) -> pl.DataFrame:
     """One row per step of every episode of ``dataset``."""
-    discrete = dataset.dataset_info.action_space == ActionSpace.DISCRETE
+    discrete = dataset.dataset_info.action_space == _d3rlpy.constants.ActionSpace.DISCRETE
     episodes, steps, obs, actions, rewards, terminal = [], [], [], [], [], []
     for index, episode in enumerate(dataset.episodes):
         length = len(episode.rewards)
@@ -58,7 +63,7 @@ def read_d3rlpy(path: Path) -> pl.DataFrame:
     """Steps of a d3rlpy dataset file (``ReplayBuffer.dump`` / ``MDPDataset.dump``, HDF5)."""
     try:
         with Path(path).open("rb") as f:
-            dataset = ReplayBuffer.load(f, InfiniteBuffer())
+            dataset = _d3rlpy.dataset.ReplayBuffer.load(f, _d3rlpy.dataset.InfiniteBuffer())
     except (OSError, ValueError, KeyError) as exc:
         raise TrainingError(f"{path}: not a d3rlpy dataset file: {exc}") from exc
     return steps_from_mdp_dataset(dataset)

@@ -13,8 +13,10 @@ def _summary(counts: dict[str, Any], n_transitions: int, out: Path) -> str:
     lines = [f"wrote {n_transitions} transitions to {out}"]
     for table, c in counts.items():
         if table == "decisions":
-            for reason, n in c["excluded"].items():
+            for reason, n in c.get("excluded", {}).items():
                 lines.append(f"  decisions excluded from transitions ({reason}): {n}")
+            for column, n in c.get("unknown_context", {}).items():
+                lines.append(f"  decisions with an unknown {column} (all-zero one-hot): {n}")
             continue
         q = sum(c["quarantined"].values())
         d = sum(c["dropped"].values())
@@ -26,6 +28,17 @@ def _summary(counts: dict[str, Any], n_transitions: int, out: Path) -> str:
             for reason, n in c[kind].items():
                 lines.append(f"            {kind} {reason}: {n}")
     return "\n".join(lines)
+
+
+def _parse_date(flag: str, value: str | None) -> dt.date | None:
+    from etl.errors import EtlError
+
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError as exc:
+        raise EtlError(f"{flag} must be YYYY-MM-DD, got {value!r}") from exc
 
 
 def register(app: typer.Typer) -> None:
@@ -53,6 +66,15 @@ def register(app: typer.Typer) -> None:
                 help="Nightly mode: rebuild only decision date YYYY-MM-DD (reads the lookback "
                 "and settlement window around it; replaces that day's partition atomically). "
                 "Omit to backfill everything.",
+            ),
+        ] = None,
+        as_of: Annotated[
+            str | None,
+            typer.Option(
+                "--as-of",
+                help="The run date YYYY-MM-DD (default: today, UTC): rows whose time or "
+                "arrival lies after its end are quarantined as future_event, and the data "
+                "ends no later. Set it when replaying history.",
             ),
         ] = None,
         config: Annotated[
@@ -100,12 +122,8 @@ def register(app: typer.Typer) -> None:
             if value != "auto" and (not value.isdigit() or int(value) < 1):
                 raise EtlError(f"{flag} must be 'auto' or a whole number >= 1, got {value!r}")
             cfg = cfg.model_copy(update={field: value if value == "auto" else int(value)})
-        day: dt.date | None = None
-        if date is not None:
-            try:
-                day = dt.date.fromisoformat(date)
-            except ValueError as exc:
-                raise EtlError(f"--date must be YYYY-MM-DD, got {date!r}") from exc
+        day = _parse_date("--date", date)
+        run_day = _parse_date("--as-of", as_of)
         if engine is not None:
             if engine not in ("local", "spark"):
                 raise EtlError(f"--engine must be local or spark, got {engine!r}")
@@ -115,9 +133,9 @@ def register(app: typer.Typer) -> None:
         if cfg.engine == "spark":
             from etl.spark_engine import run_etl_spark
 
-            result = run_etl_spark(input_dir, out, cfg, date=day)
+            result = run_etl_spark(input_dir, out, cfg, date=day, as_of=run_day)
         else:
-            result = run_etl(input_dir, out, cfg, date=day, collect=False)
+            result = run_etl(input_dir, out, cfg, date=day, collect=False, as_of=run_day)
         counts = result.manifest["counts_by_date"].get(day.isoformat(), {}) if day else \
             result.counts
         typer.echo(_summary(counts, result.n_transitions, out))

@@ -50,6 +50,9 @@ def test_snowplow_atomic_events(tmp_path: Path) -> None:
 
 def test_retailrocket_events_csv(tmp_path: Path) -> None:
     cfg = EtlConfig(mapping_name="retailrocket")
+    with pytest.raises(EtlError, match="no decision events in 18 rows: map the events"):
+        run_etl(FIXTURES / "retailrocket", tmp_path / "out", cfg)
+    cfg = EtlConfig(mapping_name="retailrocket", require_decisions=False)
     res = run_etl(FIXTURES / "retailrocket", tmp_path / "out", cfg)
     assert res.counts["events"] == {"rows_in": 18, "used": 18, "quarantined": {}, "dropped": {}}
     assert res.transitions.height == 0  # clickstream only: no platform decisions

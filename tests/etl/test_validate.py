@@ -16,6 +16,7 @@ from etl.validate import EVENT_REASONS, ORDER_REASONS
 from tests.etl.synth import Logs, make_logs, write_raw
 
 LOOSE = EtlConfig(max_quarantine_share=1.0)
+FUTURE = dt.datetime(2099, 1, 10, tzinfo=dt.UTC)
 
 EVENT_CASES: dict[str, dict[str, Any]] = {
     "null_event_id": {"event_id": None},
@@ -24,6 +25,9 @@ EVENT_CASES: dict[str, dict[str, Any]] = {
     "unknown_event_type": {"event_type": "teleport"},
     "unknown_currency": {"currency": "XYZ", "price": 3.0},
     "negative_price": {"price": -1.0, "currency": "EUR"},
+    "future_event": {"event_ts": FUTURE},
+    "non_finite": {"price": float("nan"), "currency": "EUR"},
+    "out_of_range": {"price": 1e300, "currency": "EUR"},
     "null_decision_id": {"decision_id": None},
     "bad_action": {"action": "pct_99"},
     "bad_propensity": {"propensity": 1.5},
@@ -37,6 +41,9 @@ ORDER_CASES: dict[str, dict[str, Any]] = {
     "unknown_status": {"status": "lost"},
     "unknown_currency": {"currency": "XYZ"},
     "reversal_without_parent": {"status": "returned", "parent_order_id": None},
+    "future_event": {"order_ts": FUTURE},
+    "non_finite": {"unit_price": float("inf")},
+    "out_of_range": {"quantity": 10**9},
 }
 
 
@@ -63,6 +70,7 @@ def test_each_event_reason(reason: str) -> None:
     assert q.height == 1
     assert q.row(0, named=True)["reason"] == reason
     assert q["source_table"][0] == "events" and q["row_number"][0] == row + 1
+    assert q["column"][0] in EVENT_CASES[reason]  # the column the reason is about
     raw = json.loads(q["raw"][0])
     assert raw["event_type"] == events["event_type"][row]
     assert res.counts["events"]["quarantined"] == {reason: 1}
@@ -75,12 +83,14 @@ def test_each_order_reason(reason: str) -> None:
     res = build_transitions(logs.events, orders, LOOSE)
     assert res.quarantine["reason"].to_list() == [reason]
     assert res.quarantine["source_table"][0] == "orders"
+    assert res.quarantine["column"][0] in ORDER_CASES[reason]
     assert res.counts["orders"]["quarantined"] == {reason: 1}
 
 
 def test_reason_lists_are_all_tested() -> None:
-    # the naive-timestamp reason is tested on CSV input below
-    assert set(EVENT_REASONS) == {*EVENT_CASES, "timestamp_without_timezone"}
+    # the naive-timestamp reason is tested on CSV input below, unknown_action in
+    # test_vocabulary.py
+    assert set(EVENT_REASONS) == {*EVENT_CASES, "timestamp_without_timezone", "unknown_action"}
     assert set(ORDER_REASONS) == {*ORDER_CASES, "timestamp_without_timezone"}
 
 

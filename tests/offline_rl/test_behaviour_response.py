@@ -8,7 +8,7 @@ import pytest
 from scipy import special
 
 from offline_rl.behaviour import (
-    BehaviourModel,
+    behaviour_model,
     fill_propensities,
     fit_predict_crossfit,
     propensity_check,
@@ -28,7 +28,7 @@ def test_multinomial_recovers_a_known_softmax_policy() -> None:
     w = logging_weights(d, 4, seed=11)
     true = softmax(x @ w)
     actions = (rng.random((n, 1)) > true.cumsum(axis=1)).sum(axis=1).clip(0, 3)
-    model = BehaviourModel(DISCRETE).fit(x[:5000], actions[:5000])
+    model = behaviour_model(DISCRETE).fit(x[:5000], actions[:5000])
     est = model.predict_proba(x[5000:])
     assert np.abs(est - true[5000:]).mean() < 0.02
     check = propensity_check(
@@ -45,7 +45,7 @@ def test_an_action_never_logged_gets_probability_zero() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(300, 3))
     actions = rng.integers(0, 3, size=300)  # action 3 never logged
-    probs = BehaviourModel(DISCRETE).fit(x, actions).predict_proba(x)
+    probs = behaviour_model(DISCRETE).fit(x, actions).predict_proba(x)
     assert probs.shape == (300, 4)
     assert np.all(probs[:, 3] == 0.0)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
@@ -59,8 +59,8 @@ def test_beta_regression_recovers_a_known_continuous_policy() -> None:
     mean = special.expit(x @ coef - 0.4)
     u = rng.beta(phi * mean, phi * (1 - mean))
     rates = 0.3 * u
-    model = BehaviourModel(CONTINUOUS).fit(x, rates)
-    inner = model._model
+    model = behaviour_model(CONTINUOUS).fit(x, rates)
+    inner = model.estimator_
     np.testing.assert_allclose(inner.coef_, coef, atol=0.06)
     assert abs(inner.phi_ - phi) / phi < 0.1
     true_density = (
