@@ -21,6 +21,8 @@ import numpy as np
 
 from evaluation.data import EpisodeData, FloatArray, IntArray
 
+_PAD_RATIO = 1.5  # pad episodes to the longest one while that adds at most half the cells
+
 
 def positions(data: EpisodeData) -> IntArray:
     """Row position within its episode (0 for the first decision, even if ``step`` has gaps)."""
@@ -30,9 +32,37 @@ def positions(data: EpisodeData) -> IntArray:
 def cumulative_weights(data: EpisodeData, rho: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Per-decision cumulative weights ``w_t`` and the previous ones ``w_{t-1}`` (1 at t = 0).
 
-    Loops over positions within episodes (at most the longest episode), each iteration a
-    vectorised gather over the episodes that are that long: O(n) work in total.
+    Episodes are contiguous rows, so ``w_t = w_{t-1} * rho_t`` is a cumulative product along
+    each episode: one ``cumprod`` over an (episodes x longest) array when padding to the longest
+    episode costs little (a plain reshape when every episode has the same length), else a loop
+    over positions within episodes, each a vectorised gather over the episodes that are that
+    long. Both multiply in the same order, so they give the same bits.
     """
+    rho = np.asarray(rho, dtype=np.float64)
+    lengths = data.lengths
+    n_episodes, longest = len(lengths), int(lengths.max())
+    if n_episodes * longest == data.n_decisions:
+        w = np.cumprod(rho.reshape(n_episodes, longest), axis=1).ravel()
+    elif n_episodes * longest <= _PAD_RATIO * data.n_decisions:
+        w = _padded_cumprod(data, rho, longest)
+    else:
+        w = _positional_cumprod(data, rho)
+    w_prev = np.empty_like(w)
+    w_prev[1:] = w[:-1]
+    w_prev[data.first_row] = 1.0
+    return w, w_prev
+
+
+def _padded_cumprod(data: EpisodeData, rho: FloatArray, longest: int) -> FloatArray:
+    """Cumulative products along episodes through a ones-padded (episodes x longest) array."""
+    col = positions(data)
+    padded = np.ones((data.n_episodes, longest))
+    padded[data.episode, col] = rho
+    return np.asarray(np.cumprod(padded, axis=1)[data.episode, col])
+
+
+def _positional_cumprod(data: EpisodeData, rho: FloatArray) -> FloatArray:
+    """Cumulative products along episodes, one vectorised step per position within episodes."""
     first = data.first_row
     lengths = data.lengths
     by_length = np.argsort(-lengths, kind="stable")
@@ -43,10 +73,7 @@ def cumulative_weights(data: EpisodeData, rho: FloatArray) -> tuple[FloatArray, 
     for t in range(1, len(longer)):
         rows = first[by_length[: longer[t]]] + t
         w[rows] = w[rows - 1] * rho[rows]
-    w_prev = np.ones_like(w)
-    not_first = ~data.is_first
-    w_prev[not_first] = w[np.flatnonzero(not_first) - 1]
-    return w, w_prev
+    return w
 
 
 def effective_sample_size(weights: np.ndarray[Any, np.dtype[np.float64]]) -> float:

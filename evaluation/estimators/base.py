@@ -72,8 +72,16 @@ class EpisodeStatistics:
 
 
 def per_step_matrix(data: EpisodeData, values: FloatArray) -> sp.csr_matrix:
-    """Sparse (episodes x steps) matrix with each decision's value in its (episode, step) cell."""
-    return sp.csr_matrix((values, (data.episode, data.step)), shape=(data.n_episodes, data.horizon))
+    """Sparse (episodes x steps) matrix with each decision's value in its (episode, step) cell.
+
+    Built directly in CSR form: the decisions are in (episode, step) order with steps increasing
+    within each episode, so they already are its rows, in order (no conversion from COO).
+    """
+    indptr = np.append(data.first_row, data.n_decisions)
+    return sp.csr_matrix(
+        (np.asarray(values, dtype=np.float64), data.step, indptr),
+        shape=(data.n_episodes, data.horizon),
+    )
 
 
 def per_episode_column(data: EpisodeData, values: FloatArray) -> FloatArray:
@@ -258,15 +266,25 @@ class OffPolicyEstimator(ABC):
         method: str = "bca",
         seed: int = 0,
     ) -> tuple[float, float]:
-        """Bootstrap-over-episodes interval (``percentile`` or ``bca``)."""
-        from evaluation.intervals import bootstrap_interval
+        """Bootstrap-over-episodes interval (``percentile`` or ``bca``).
 
+        The resample counts for (episodes, ``n_resamples``, ``seed``) are drawn once per process
+        and shared by every estimator and candidate (``evaluation.intervals.shared_counts``):
+        the same interval as drawing them afresh, at the cost of one matrix product. The
+        jackknife is computed only for ``bca``.
+        """
+        from evaluation.intervals import bootstrap_interval, shared_counts
+
+        stats = self.episode_statistics(inp)
+        shared = n_resamples > 1
+        counts = shared_counts(stats.n_episodes, n_resamples, seed=seed) if shared else None
         return bootstrap_interval(
-            self.episode_statistics(inp),
+            stats,
             confidence=confidence,
             n_resamples=n_resamples,
             method=method,
             seed=seed,
+            counts=counts,
         )
 
     def diagnostics(self, inp: OPEInput) -> dict[str, float]:

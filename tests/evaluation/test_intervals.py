@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from evaluation import intervals
 from evaluation.data import EpisodeData
 from evaluation.estimators import (
     OPEInput,
@@ -18,10 +19,13 @@ from evaluation.intervals import (
     bernstein_lower_bound,
     bootstrap_from_counts,
     bootstrap_values,
+    clear_shared_counts,
     jackknife_values,
     poisson_counts,
     resample_counts,
+    shared_counts,
     summarise,
+    uniform16,
 )
 
 
@@ -176,3 +180,73 @@ def test_shared_resample_counts_give_the_same_replicates_as_fresh_ones() -> None
     first = bootstrap_values(stats_, n_resamples=300, counts=shared)  # draws and keeps
     second = bootstrap_values(stats_, n_resamples=300, counts=shared)  # reuses the kept counts
     assert np.allclose(fresh, first) and np.allclose(first, second)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 7), (4, 4), (33, 101)])
+def test_uniform16_is_numpys_integer_stream_and_leaves_the_same_state(shape) -> None:  # type: ignore[no-untyped-def]
+    ours, numpys = np.random.default_rng(11), np.random.default_rng(11)
+    for _ in range(3):  # consecutive calls, odd sizes leaving half a 64-bit word behind
+        got = uniform16(ours, *shape)
+        want = numpys.integers(0, 65536, size=shape, dtype=np.uint16)
+        assert got.dtype == np.uint16 and np.array_equal(got, want)
+        assert ours.integers(0, 1 << 20) == numpys.integers(0, 1 << 20)
+        assert ours.random() == numpys.random()
+
+
+def test_estimate_interval_with_shared_counts_equals_independent_draws() -> None:
+    inp = _random_input(n_episodes=120, seed=12)
+    clear_shared_counts()
+    for method in ("percentile", "bca"):
+        for estimator in (PerDecisionIS(), WeightedPerDecisionIS(), WeightedDoublyRobust()):
+            stats_ = estimator.episode_statistics(inp)
+            shared = estimator.estimate_interval(inp, n_resamples=300, method=method, seed=3)
+            # independent: counts drawn afresh for this estimator alone, full summary
+            fresh = summarise([stats_], n_resamples=300, method=method, seed=3)[0]
+            assert shared == (fresh.ci_low, fresh.ci_high)
+    plan = shared_counts(120, 300, seed=3)
+    assert plan is shared_counts(120, 300, seed=3)  # drawn once, then reused
+    assert plan._stored is not None
+    clear_shared_counts()
+
+
+@pytest.mark.parametrize("scheme", ["poisson", "multinomial"])
+@pytest.mark.parametrize("max_cells", [0, 10**9])  # redrawn, or kept (float32 or uint8)
+def test_kept_counts_give_the_replicates_of_fresh_ones(scheme, max_cells, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    inp = _random_input(n_episodes=90, seed=13)
+    stats_ = [
+        WeightedPerDecisionIS().episode_statistics(inp),
+        PerDecisionIS().episode_statistics(inp),
+    ]
+    fresh = bootstrap_values(stats_, n_resamples=250, seed=6, scheme=scheme)
+    for keep_float32 in (10**9, 0):
+        monkeypatch.setattr(intervals, "_KEEP_FLOAT32", keep_float32)
+        plan = ResampleCounts(90, 250, seed=6, scheme=scheme, max_cells=max_cells)
+        for _ in range(2):
+            again = bootstrap_values(stats_, n_resamples=250, counts=plan)
+            assert np.array_equal(fresh, again, equal_nan=True)
+
+
+def test_jackknife_is_computed_only_for_bca(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    inp = _random_input(n_episodes=60, seed=14)
+    calls: list[int] = []
+    original = intervals.jackknife_values
+
+    def counting(stats_, chunk_cells=5_000_000):  # type: ignore[no-untyped-def]
+        calls.append(stats_.n_episodes)
+        return original(stats_, chunk_cells)
+
+    monkeypatch.setattr(intervals, "jackknife_values", counting)
+    WeightedPerDecisionIS().estimate_interval(inp, n_resamples=200, method="percentile")
+    assert calls == []
+    WeightedPerDecisionIS().estimate_interval(inp, n_resamples=200, method="bca")
+    assert calls == [60]
+
+
+def test_exact_replicates_equal_brute_force_means_to_float64_rounding() -> None:
+    inp = _random_input(n_episodes=70, seed=15)
+    s = PerDecisionIS().episode_statistics(inp)
+    x = s.contributions()
+    counts = resample_counts(70, 40, np.random.default_rng(2))
+    exact = bootstrap_from_counts([s], counts, exact=True)[:, 0]
+    brute = [np.mean(np.repeat(x, c.astype(int))) for c in counts]
+    assert np.allclose(exact, brute, rtol=1e-12, atol=0)
