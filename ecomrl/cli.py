@@ -5,6 +5,7 @@ Exit codes (documented in the README):
     1  unexpected failure (a bug or an environment problem; traceback with ``--debug``)
     2  user error: bad arguments, bad config, bad input (one line on stderr)
     3  ``run`` only: the pipeline finished and the candidate was rejected
+    75 ``run`` only: another run holds the lock on the runs folder (try again later)
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 import typer
 
 from ecomrl.errors import user_error_types
-from ecomrl.logging import configure_logging
+from ecomrl.logging import configure_logging, emit_error, emit_failure
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as exc:
         if debug:
             raise
-        typer.echo(f"ecomrl: error: {exc}", err=True)
+        emit_error(str(exc))
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         typer.echo("ecomrl: interrupted", err=True)
@@ -89,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
         if debug:
             raise
-        typer.echo(
-            f"ecomrl: failed: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-            err=True,
-        )
+        emit_failure(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_FAILURE
     return int(result) if isinstance(result, int) else EXIT_OK
 

@@ -18,12 +18,15 @@
    (the last policy approved by a run of an earlier date), behaviour cloning and the rule
    baselines off-policy on the held-out episodes; the gate tests the paired improvement over the
    logging policy (``[evaluate]``, ``[approval]``).
-6. **report** (HTML, Markdown, JSON) and ``run.json`` with the verdict and the exit code.
+6. **report** (HTML, Markdown, JSON) and ``run.json`` with the verdict and the exit code;
+   the timings (and the ETL mode) apart in ``timings.json``.
 
 Everything is built in a scratch folder and published as ``runs/D/`` in one rename, under a lock
 on the runs folder, so two runs cannot collide and a killed run leaves the previous good state.
-A rerun of the same date with the same inputs reproduces the same outputs (seeded training and
-bootstrap; the production policy for ``D`` is looked up among approvals of earlier dates only).
+A rerun of the same date with the same inputs reproduces every file of ``runs/D/`` byte for byte
+but ``timings.json`` (seeded training and bootstrap; files name the published paths, never the
+scratch folder; the production policy for ``D`` is looked up among approvals of earlier dates
+only).
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import structlog
 from ecomrl.certify import build_family, choose_certified, selection_data
 from ecomrl.config import EcomrlConfig
 from ecomrl.holdout import RunSplit, split_by_time, split_by_users
-from ecomrl.runs import run_lock, staged_directory
+from ecomrl.runs import published_path, run_lock, staged_directory
 from etl import run_etl
 from evaluation.candidates import load_artifact
 from evaluation.data import TransitionsDataset
@@ -57,6 +60,9 @@ log = structlog.get_logger(__name__)
 EXIT_APPROVED = 0
 EXIT_REJECTED = 3
 APPROVALS = "approvals"
+TIMINGS = "timings.json"
+"""The one file of a run folder that differs between two runs of the same date: the seconds
+each stage took and whether the ETL backfilled the dataset (the first run) or added a day."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +204,31 @@ def _with_realised(selection: dict[str, Any] | None, result: EvaluationResult) -
     return {**selection, "predicted_lower_bound": predicted, "realised_lower_bound": realised}
 
 
+def _write_json(path: Path, record: dict[str, Any]) -> None:
+    path.write_text(json.dumps(record, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def _write_report(
+    ope_json: Path, dataset: Path, agent: Path, date: dt.date, scratch: Path, final: Path
+) -> None:
+    """The report of the run, naming the files where they will be once published (``final``),
+    not where they are being built (``scratch``, gone after the rename)."""
+    inputs = report_inputs_from_run(
+        ope_json,
+        dataset / "_manifest.json",
+        agent,
+        data_dir=dataset,
+        candidate="candidate",
+        current_date=date.isoformat(),
+        generated_at=f"by the nightly run for {date.isoformat()}",
+    )
+    sources = {
+        name: str(published_path(Path(path), scratch, final))
+        for name, path in inputs.sources.items()
+    }
+    render_report(replace(inputs, sources=sources), scratch / "report")
+
+
 def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
     """Run the whole nightly job for ``date``; see the module docstring."""
     run = config.run
@@ -257,16 +288,7 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
             timings["evaluate_s"] = time.perf_counter() - clock
 
             clock = time.perf_counter()
-            inputs = report_inputs_from_run(
-                ope_json,
-                dataset / "_manifest.json",
-                chosen.agent_artifact,
-                data_dir=dataset,
-                candidate="candidate",
-                current_date=date.isoformat(),
-                generated_at=f"by the nightly run for {date.isoformat()}",
-            )
-            render_report(inputs, scratch / "report")
+            _write_report(ope_json, dataset, chosen.agent_artifact, date, scratch, final)
             timings["report_s"] = time.perf_counter() - clock
 
             artifact = chosen.artifact.relative_to(scratch)
@@ -284,11 +306,13 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
                 "holdout": split.description,
                 "production_policy": str(production.relative_to(runs_dir)) if production else None,
                 "warm_started": bool(run.warm_start and production is not None),
-                "backfill": backfill,
                 "etl_counts": etl_result.counts,
-                "timings_s": {k: round(v, 3) for k, v in timings.items()},
             }
-            (scratch / "run.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            _write_json(scratch / "run.json", summary)
+            _write_json(
+                scratch / TIMINGS,
+                {"seconds": {k: round(v, 3) for k, v in timings.items()}, "etl_backfill": backfill},
+            )
 
         approvals = runs_dir / APPROVALS
         record = approvals / f"{date.isoformat()}.json"

@@ -3,7 +3,12 @@
 A run for date D is built in a hidden sibling folder (``runs/.D.partial-<pid>``) and published by
 renaming it to ``runs/D`` only when every stage has finished, so a crashed or killed run never
 leaves a half-written ``runs/D``: the previous good state stays in place. A lock file held with
-``fcntl.flock`` makes a second run on the same runs directory fail at once instead of colliding.
+``fcntl.flock`` makes a second run on the same runs directory fail at once instead of colliding
+(``ecomrl run`` exits with :data:`EXIT_LOCKED`, 75, which schedulers treat as "try again later").
+
+A run killed before publication leaves its scratch folder behind; the next run, once it holds the
+lock, removes the scratch folders of processes that are no longer alive
+(:func:`remove_stale_scratch`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+EXIT_LOCKED = 75
+"""Exit code of ``ecomrl run`` when another run holds the lock (``EX_TEMPFAIL`` of sysexits.h:
+a temporary failure, retried later by schedulers)."""
+
+_LEFTOVER = re.compile(r"^\.(?P<final>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
 class RunLockedError(RuntimeError):
@@ -37,6 +53,7 @@ def run_lock(runs_dir: Path) -> Iterator[Path]:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         try:
+            remove_stale_scratch(runs_dir)
             yield lock_path
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
@@ -61,6 +78,15 @@ def staged_directory(final: Path) -> Iterator[Path]:
     publish_directory(scratch, final)
 
 
+def published_path(path: Path, scratch: Path, final: Path) -> Path:
+    """Where ``path``, inside the scratch folder, will be once ``scratch`` is published as
+    ``final``; paths outside ``scratch`` are returned unchanged."""
+    try:
+        return final / path.relative_to(scratch)
+    except ValueError:
+        return path
+
+
 def publish_directory(scratch: Path, final: Path) -> None:
     """Replace ``final`` by ``scratch`` with renames only (each rename is atomic on POSIX)."""
     old = final.parent / f".{final.name}.old-{os.getpid()}"
@@ -69,3 +95,38 @@ def publish_directory(scratch: Path, final: Path) -> None:
     os.replace(scratch, final)
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this id exists (one we may not signal counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_scratch(runs_dir: Path) -> list[Path]:
+    """Clean what killed runs left in ``runs_dir``; call it while holding the lock.
+
+    A scratch folder ``.D.partial-<pid>`` of a process that is no longer alive is removed. A
+    ``.D.old-<pid>`` folder (a run killed between the two renames of :func:`publish_directory`)
+    holds the previous good run: it is renamed back to ``D`` when ``D`` is missing, else removed.
+    Returns the folders removed or restored.
+    """
+    cleaned: list[Path] = []
+    for path in sorted(runs_dir.iterdir()):
+        match = _LEFTOVER.match(path.name)
+        if match is None or not path.is_dir() or _alive(int(match["pid"])):
+            continue
+        final = runs_dir / match["final"]
+        if match["kind"] == "old" and not final.exists():
+            os.replace(path, final)
+            log.warning("restored the previous run", folder=str(final), from_folder=path.name)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("removed a dead run's scratch folder", folder=path.name)
+        cleaned.append(path)
+    return cleaned

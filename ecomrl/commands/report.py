@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from ecomrl.config import load_config
+from ecomrl.logging import emit_result
 
 _HELP = (
     "Write the policy-approval report of an evaluation and print its verdict.\n\n"
@@ -107,5 +108,10 @@ def register(app: typer.Typer) -> None:
             current_date=date,
         )
         paths = render_report(inputs, out)
-        typer.echo(str(paths.html))
-        typer.echo(f"{inputs.verdict.decision}: {inputs.verdict.sentence}")
+        emit_result(
+            "report.result",
+            f"{paths.html}\n{inputs.verdict.decision}: {inputs.verdict.sentence}",
+            html=str(paths.html),
+            verdict=inputs.verdict.decision,
+            sentence=inputs.verdict.sentence,
+        )

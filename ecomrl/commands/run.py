@@ -8,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 from ecomrl.errors import ConfigError
+from ecomrl.logging import emit_error, emit_result
 
 
 def register(app: typer.Typer) -> None:
@@ -33,6 +35,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--runs-dir", help="Where runs/D/ is written; overrides [run].runs_dir."),
         ] = None,
+        overrides: Overrides = None,
     ) -> int:
         """Run the nightly job for one day and exit with the verdict.
 
@@ -40,15 +43,20 @@ def register(app: typer.Typer) -> None:
         cloning baseline) on older episodes, off-policy evaluation on the latest episodes against
         the production policy and the baselines, and the approval report. Everything lands in
         RUNS_DIR/DATE/ atomically, under a lock. Exit codes: 0 approved, 3 rejected, 2 bad
-        input or config, 1 failure.
+        input or config, 75 another run holds the lock on RUNS_DIR (try again later),
+        1 failure.
         """
+        from offline_rl._quiet import import_d3rlpy
+
+        import_d3rlpy()  # first, so that d3rlpy's structlog setup is undone (--log-json)
         from ecomrl.pipeline import run_nightly
+        from ecomrl.runs import EXIT_LOCKED, RunLockedError
 
         try:
             day = dt.date.fromisoformat(date)
         except ValueError as exc:
             raise ConfigError(f"--date {date!r}: expected YYYY-MM-DD") from exc
-        cfg = load_config(config)
+        cfg = load_config(config, overrides or ())
         updates: dict[str, Path] = {}
         if input_root is not None:
             updates["input"] = input_root
@@ -56,7 +64,18 @@ def register(app: typer.Typer) -> None:
             updates["runs_dir"] = runs_dir
         if updates:
             cfg = cfg.model_copy(update={"run": cfg.run.model_copy(update=updates)})
-        outcome = run_nightly(cfg, day)
-        typer.echo(f"{outcome.verdict.upper()}: {outcome.reason}")
-        typer.echo(f"report: {outcome.report_html}")
+        try:
+            outcome = run_nightly(cfg, day)
+        except RunLockedError as exc:
+            emit_error(str(exc))
+            raise typer.Exit(EXIT_LOCKED) from exc
+        emit_result(
+            "run.result",
+            f"{outcome.verdict.upper()}: {outcome.reason}\nreport: {outcome.report_html}",
+            date=outcome.date.isoformat(),
+            verdict=outcome.verdict,
+            reason=outcome.reason,
+            report=str(outcome.report_html),
+            exit_code=outcome.exit_code,
+        )
         return outcome.exit_code

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from ecomrl.config import load_config
+from ecomrl.logging import emit_result
 
 _AGENTS = "auto, discrete_cql, discrete_bcq, discrete_bc, cql, bcq, bc"
 
@@ -76,6 +77,9 @@ def register(app: typer.Typer) -> None:
         vectorised loop, saves a verified policy artifact (d3rlpy model, TorchScript policy,
         config, metrics, SHA256SUMS) and prints where it is with the final metrics.
         """
+        from offline_rl._quiet import import_d3rlpy
+
+        import_d3rlpy()  # first, so that d3rlpy's structlog setup is undone (--log-json)
         from offline_rl.errors import TrainingError
         from offline_rl.train import train
 
@@ -96,7 +100,6 @@ def register(app: typer.Typer) -> None:
                     f"bad option: {first[1] if len(first) > 1 else exc}; agents: {_AGENTS}"
                 ) from exc
         result = train(data, out, cfg, resume=resume)
-        typer.echo(f"policy artifact: {result.artifact}")
         summary = {
             "agent": result.agent,
             "steps": result.n_steps,
@@ -105,4 +108,9 @@ def register(app: typer.Typer) -> None:
             "final_losses": {k: round(v, 6) for k, v in result.final_losses.items()},
             "validation": {k: round(v, 6) for k, v in result.validation.items()},
         }
-        typer.echo(json.dumps(summary, indent=2))
+        emit_result(
+            "train.result",
+            f"policy artifact: {result.artifact}\n{json.dumps(summary, indent=2)}",
+            artifact=str(result.artifact),
+            **summary,
+        )
