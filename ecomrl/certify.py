@@ -47,10 +47,9 @@ def build_family(
     config: CertifyConfig,
 ) -> list[CertifiedPolicy]:
     """The members around ``agent``, with a behaviour model and cells fitted on ``fit_frame``."""
-    space = manifest.data["action_space"]
-    if space["type"] != "discrete":
+    if not manifest.discrete:
         raise TrainingError("certified candidates are built for discrete action spaces only")
-    n_actions = int(space["n"])
+    n_actions = manifest.action_size
     obs = _observations(fit_frame)
     actions = fit_frame["action"].to_numpy()
     cfg = BehaviourConfig()

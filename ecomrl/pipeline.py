@@ -142,7 +142,7 @@ def _train(
     )
     bc: Path | None = None
     if config.run.bc_baseline:
-        discrete = manifest.data["action_space"]["type"] == "discrete"
+        discrete = manifest.discrete
         bc_config = TrainConfig.model_validate(
             {**config.train.model_dump(), "agent": "discrete_bc" if discrete else "bc"}
         )
@@ -159,7 +159,7 @@ def build_candidates(
     config: EcomrlConfig,
 ) -> Candidates:
     """The certified pick (discrete, ``[certify].enabled``) or the agent itself."""
-    discrete = manifest.data["action_space"]["type"] == "discrete"
+    discrete = manifest.discrete
     certify = config.certify
     if not (discrete and certify.enabled and certify.has_members()):
         reason = "continuous actions" if not discrete else "[certify] is disabled"

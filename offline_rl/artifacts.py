@@ -40,6 +40,7 @@ import structlog
 import torch
 from numpy.typing import NDArray
 
+from etl.manifest import ContinuousActionSpace, as_action_space
 from offline_rl.errors import TrainingError
 from offline_rl.safe_io import (
     LEGACY_NAME,
@@ -206,9 +207,9 @@ class TrainedPolicy:
         self.scalers: dict[str, Any] = meta["scalers"]
         self.metrics: dict[str, Any] = meta["metrics"]
         self.version: dict[str, Any] = meta["version"]
-        space = self.data["action_space"]
-        self.discrete = space["type"] == "discrete"
-        self.n_actions = int(space["n"]) if self.discrete else len(space["low"])
+        self.action_space = as_action_space(self.data["action_space"])
+        self.discrete = self.action_space.is_discrete
+        self.n_actions = self.action_space.size
         self.agent: str = self.config["agent"]
 
     def __repr__(self) -> str:
@@ -232,11 +233,13 @@ class TrainedPolicy:
         actions = self.algo.predict(obs)
         if self.discrete:
             return np.asarray(actions, dtype=np.int64).reshape(-1)
-        space = self.data["action_space"]
+        space = self.action_space
+        if not isinstance(space, ContinuousActionSpace):  # discrete returned above
+            raise TrainingError("unreachable: a discrete policy has no action bounds")
         clipped = np.clip(
             np.asarray(actions, dtype=np.float64),
-            np.asarray(space["low"], dtype=np.float64),
-            np.asarray(space["high"], dtype=np.float64),
+            np.asarray(space.low, dtype=np.float64),
+            np.asarray(space.high, dtype=np.float64),
         )
         return clipped.reshape(-1) if clipped.shape[1] == 1 else clipped
 
@@ -302,8 +305,7 @@ def _d3rlpy_config_name(path: Path, config: dict[str, Any]) -> str:
 
 def _check_shapes(path: Path, algo: Any, data: dict[str, Any]) -> None:
     """The rebuilt agent must take the artifact's features and act in its action space."""
-    space = data["action_space"]
-    actions = int(space["n"]) if space["type"] == "discrete" else len(space["low"])
+    actions = as_action_space(data["action_space"]).size
     shape = tuple(algo.impl.observation_shape)
     if shape != (len(data["feature_names"]),) or int(algo.impl.action_size) != actions:
         raise TrainingError(

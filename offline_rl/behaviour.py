@@ -18,6 +18,7 @@ fills the missing ones (``propensity_source = 'estimated'``) and, where they are
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression
 
+from etl.manifest import ActionSpace, DiscreteActionSpace, as_action_space
 from offline_rl.config import BehaviourConfig
 from offline_rl.data import TransitionManifest
 from offline_rl.errors import TrainingError
@@ -208,18 +210,16 @@ def _check_fitted(model: BaseEstimator) -> None:
 
 
 def behaviour_model(
-    action_space: dict[str, Any], config: BehaviourConfig | None = None
+    action_space: ActionSpace | Mapping[str, Any], config: BehaviourConfig | None = None
 ) -> BehaviourModel:
-    """The unfitted model for a manifest's ``action_space`` (discrete: logit; continuous: Beta)."""
+    """The unfitted model for a manifest's action space (discrete: logit; continuous: Beta)."""
     config = config or BehaviourConfig()
-    if action_space["type"] == "discrete":
-        return DiscreteBehaviourModel(
-            int(action_space["n"]), config.C, config.max_iter, config.calibration
-        )
-    if len(action_space["low"]) != 1:
+    space = as_action_space(action_space)
+    if isinstance(space, DiscreteActionSpace):
+        return DiscreteBehaviourModel(space.n, config.C, config.max_iter, config.calibration)
+    if space.size != 1:
         raise TrainingError("the continuous behaviour model handles one action dimension")
-    low, high = float(action_space["low"][0]), float(action_space["high"][0])
-    return BetaBehaviourModel(low, high, config.max_iter)
+    return BetaBehaviourModel(space.low[0], space.high[0], config.max_iter)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +235,7 @@ def fit_predict_crossfit(
     observations: NDArray[Any],
     actions: NDArray[Any],
     groups: NDArray[Any],
-    action_space: dict[str, Any],
+    action_space: ActionSpace | Mapping[str, Any],
     config: BehaviourConfig | None = None,
     n_folds: int | None = None,
 ) -> CrossfitResult:
@@ -248,12 +248,12 @@ def fit_predict_crossfit(
     x = np.asarray(observations, dtype=np.float64)
     a = np.asarray(actions)
     n = x.shape[0]
-    discrete = action_space["type"] == "discrete"
+    space = as_action_space(action_space)
     prop = np.empty(n)
-    probs = np.empty((n, int(action_space["n"]))) if discrete else None
+    probs = np.empty((n, space.size)) if isinstance(space, DiscreteActionSpace) else None
     fold = np.zeros(n, dtype=np.int64)
     for i, (fit_idx, pred_idx) in enumerate(crossfit_folds(groups, n_folds or config.n_folds)):
-        model = behaviour_model(action_space, config).fit(x[fit_idx], a[fit_idx])
+        model = behaviour_model(space, config).fit(x[fit_idx], a[fit_idx])
         prop[pred_idx] = model.propensity(x[pred_idx], a[pred_idx])
         if probs is not None:
             probs[pred_idx] = model.predict_proba(x[pred_idx])
@@ -319,7 +319,7 @@ def fill_propensities(
     estimate against the logged values (empty when none is logged).
     """
     obs, act, groups = _frame_arrays(frame, manifest.discrete)
-    fitted = fit_predict_crossfit(obs, act, groups, manifest.data["action_space"], config)
+    fitted = fit_predict_crossfit(obs, act, groups, manifest.action_space, config)
     logged = (
         frame["behaviour_propensity"].cast(pl.Float64).to_numpy()
         if "behaviour_propensity" in frame.columns
@@ -366,7 +366,7 @@ def behaviour_report(
     if "behaviour_propensity" not in target.columns or train.height == 0:
         return {}
     obs, act, _ = _frame_arrays(train, manifest.discrete)
-    model = behaviour_model(manifest.data["action_space"], config).fit(obs, act)
+    model = behaviour_model(manifest.action_space, config).fit(obs, act)
     t_obs, t_act, _ = _frame_arrays(target, manifest.discrete)
     logged = target["behaviour_propensity"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     check = propensity_check(

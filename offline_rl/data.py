@@ -29,6 +29,8 @@ import polars as pl
 import structlog
 from numpy.typing import NDArray
 
+from etl.errors import EtlError
+from etl.manifest import ContinuousActionSpace, DiscreteActionSpace, Manifest
 from offline_rl.errors import TrainingError
 
 log = structlog.get_logger(__name__)
@@ -47,35 +49,24 @@ REQUIRED_COLUMNS = (
 
 @dataclasses.dataclass(frozen=True)
 class TransitionManifest:
-    """The parts of the ETL's ``_manifest.json`` training needs, plus the file's SHA-256."""
+    """A dataset's typed manifest (:class:`etl.manifest.Manifest`), its raw JSON object and the
+    SHA-256 that artifacts record (of the file's bytes, or of the canonical JSON)."""
 
+    spec: Manifest
     data: dict[str, Any]
     sha256: str
     path: Path | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], path: Path | None = None) -> TransitionManifest:
-        """Validate the fields training relies on; ``sha256`` is that of the canonical JSON."""
-        space = data.get("action_space")
-        if not isinstance(space, dict) or space.get("type") not in ("discrete", "continuous"):
-            raise TrainingError(
-                "manifest: 'action_space' must be {'type': 'discrete', 'n': K} or "
-                "{'type': 'continuous', 'low': [...], 'high': [...]}"
-            )
-        if space["type"] == "discrete" and int(space.get("n", 0)) < 2:
-            raise TrainingError("manifest: a discrete action space needs 'n' >= 2")
-        if space["type"] == "continuous":
-            low, high = space.get("low"), space.get("high")
-            if not low or not high or len(low) != len(high):
-                raise TrainingError("manifest: a continuous action space needs 'low' and 'high'")
-            if any(h <= lo for lo, h in zip(low, high, strict=True)):
-                raise TrainingError("manifest: every 'high' must exceed its 'low'")
-        names = data.get("feature_names")
-        if not isinstance(names, list) or not names:
-            raise TrainingError("manifest: 'feature_names' must be a non-empty list")
+        """Validate with the typed contract; ``sha256`` is that of the canonical JSON."""
+        try:
+            spec = Manifest.from_dict(data, source=str(path or "manifest"))
+        except EtlError as exc:
+            raise TrainingError(str(exc)) from exc
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
-        return cls(data=data, sha256=digest, path=path)
+        return cls(spec=spec, data=data, sha256=digest, path=path)
 
     @classmethod
     def read(cls, path: Path) -> TransitionManifest:
@@ -89,40 +80,50 @@ class TransitionManifest:
         return dataclasses.replace(manifest, sha256=hashlib.sha256(raw).hexdigest())
 
     @property
+    def action_space(self) -> DiscreteActionSpace | ContinuousActionSpace:
+        return self.spec.action_space
+
+    @property
     def discrete(self) -> bool:
-        return bool(self.data["action_space"]["type"] == "discrete")
+        return self.spec.action_space.is_discrete
 
     @property
     def action_size(self) -> int:
         """Number of actions (discrete) or dimension of the action vector (continuous)."""
-        space = self.data["action_space"]
-        return int(space["n"]) if self.discrete else len(space["low"])
+        return self.spec.action_space.size
 
     @property
     def action_low(self) -> NDArray[np.float32]:
-        return np.asarray(self.data["action_space"]["low"], dtype=np.float32)
+        space = self.spec.action_space
+        if not isinstance(space, ContinuousActionSpace):
+            raise TrainingError("a discrete action space has no bounds")
+        return np.asarray(space.low, dtype=np.float32)
 
     @property
     def action_high(self) -> NDArray[np.float32]:
-        return np.asarray(self.data["action_space"]["high"], dtype=np.float32)
+        space = self.spec.action_space
+        if not isinstance(space, ContinuousActionSpace):
+            raise TrainingError("a discrete action space has no bounds")
+        return np.asarray(space.high, dtype=np.float32)
 
     @property
     def action_labels(self) -> list[str]:
-        space = self.data["action_space"]
-        labels = space.get("labels")
-        return [str(x) for x in labels] if labels else [str(i) for i in range(self.action_size)]
+        space = self.spec.action_space
+        if isinstance(space, DiscreteActionSpace) and space.labels:
+            return list(space.labels)
+        return [str(i) for i in range(self.action_size)]
 
     @property
     def feature_names(self) -> list[str]:
-        return [str(x) for x in self.data["feature_names"]]
+        return list(self.spec.feature_names)
 
     @property
     def n_features(self) -> int:
-        return len(self.data["feature_names"])
+        return self.spec.n_features
 
     @property
     def gamma(self) -> float:
-        return float(self.data.get("gamma", 0.9))
+        return self.spec.gamma
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ OPE's direct-method and doubly robust estimators reuse it through ``predict_rewa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import polars as pl
 from numpy.typing import NDArray
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
+from etl.manifest import ActionSpace, DiscreteActionSpace, as_action_space
 from offline_rl.config import ResponseConfig
 from offline_rl.data import TransitionManifest
 from offline_rl.errors import TrainingError
@@ -26,19 +28,20 @@ class ResponseModel:
 
     def __init__(
         self,
-        action_space: dict[str, Any],
+        action_space: ActionSpace | Mapping[str, Any],
         config: ResponseConfig | None = None,
         seed: int = 0,
     ) -> None:
-        self.action_space = action_space
+        space = as_action_space(action_space)
+        self.action_space = space
         self.config = config or ResponseConfig()
         self.seed = seed
-        self.discrete = action_space["type"] == "discrete"
-        if self.discrete:
-            self.n_actions = int(action_space["n"])
+        self.discrete = isinstance(space, DiscreteActionSpace)
+        if isinstance(space, DiscreteActionSpace):
+            self.n_actions = space.n
         else:
-            self.low = np.asarray(action_space["low"], dtype=np.float64)
-            self.high = np.asarray(action_space["high"], dtype=np.float64)
+            self.low = np.asarray(space.low, dtype=np.float64)
+            self.high = np.asarray(space.high, dtype=np.float64)
         self._reward: HistGradientBoostingRegressor | None = None
         self._purchase: HistGradientBoostingClassifier | None = None
 
@@ -46,7 +49,7 @@ class ResponseModel:
     def for_manifest(
         cls, manifest: TransitionManifest, config: ResponseConfig | None = None, seed: int = 0
     ) -> ResponseModel:
-        return cls(manifest.data["action_space"], config, seed)
+        return cls(manifest.action_space, config, seed)
 
     def features(self, observations: NDArray[Any], actions: NDArray[Any]) -> NDArray[np.float64]:
         """``[observation, one-hot action]`` or ``[observation, (a - low) / (high - low)]``."""

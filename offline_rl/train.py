@@ -27,6 +27,7 @@ import structlog
 import torch
 from tqdm import tqdm
 
+from etl.manifest import ContinuousActionSpace
 from offline_rl.agents import AGENT_CONFIGS, AgentConfig
 from offline_rl.artifacts import (
     code_version,
@@ -666,15 +667,15 @@ def write_artifact(
         resolved.pop(name, None)
     resolved.update(agent=agent.name, agent_config=agent.model_dump(mode="json"), gamma=gamma)
     write_json(tmp / "config.json", resolved)
-    space = manifest.data["action_space"]
+    space = manifest.action_space
     write_json(
         tmp / "scalers.json",
         {
             "observation": None,
             "action": (
-                None
-                if manifest.discrete
-                else {"type": "min_max", "minimum": space["low"], "maximum": space["high"]}
+                {"type": "min_max", "minimum": list(space.low), "maximum": list(space.high)}
+                if isinstance(space, ContinuousActionSpace)
+                else None
             ),
             "reward_multiplier": multiplier,
         },
@@ -684,7 +685,7 @@ def write_artifact(
         {
             "manifest_sha256": manifest.sha256,
             "manifest_path": str(manifest.path) if manifest.path else None,
-            "action_space": space,
+            "action_space": manifest.action_space.model_dump(mode="json", exclude_unset=True),
             "feature_names": manifest.feature_names,
             "scenario": manifest.data.get("scenario"),
             "gamma": manifest.gamma,
