@@ -56,13 +56,14 @@ from evaluation.estimators import (
     WeightedIS,
     WeightedPerDecisionIS,
 )
-from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator
+from evaluation.estimators.base import OffPolicyEstimator
 from evaluation.intervals import (
     bootstrap_from_counts,
     bootstrap_values,
     clear_shared_counts,
     percentile_interval,
 )
+from evaluation.statistics import EpisodeStatistics
 
 T = TypeVar("T")
 NAMES = ["is", "pdis", "wis", "wpdis"]

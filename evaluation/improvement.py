@@ -33,7 +33,7 @@ import scipy.sparse as sp
 from scipy import stats as st
 
 from evaluation.data import FloatArray
-from evaluation.estimators.base import EpisodeStatistics
+from evaluation.statistics import EpisodeStatistics
 
 _Z_POWER = float(st.norm.ppf(0.8))
 

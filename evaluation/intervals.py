@@ -30,7 +30,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy import stats as st
 
-from evaluation.estimators.base import EpisodeStatistics
+from evaluation.statistics import EpisodeStatistics
 
 _DENSE_LIMIT = 40_000_000  # cells of the stacked statistics kept dense (float32)
 _CHUNK_CELLS = 25_000_000  # resample counts drawn at once (float32 cells, about 100 MB)

@@ -23,9 +23,10 @@ import numpy as np
 from evaluation.config import KernelConfig
 from evaluation.data import EpisodeData, FloatArray
 from evaluation.errors import EvaluationError
-from evaluation.estimators.base import EpisodeStatistics, OPEInput
+from evaluation.estimators.base import OPEInput
 from evaluation.estimators.doubly_robust import DoublyRobust
 from evaluation.estimators.importance_sampling import PerDecisionIS, WeightedPerDecisionIS
+from evaluation.statistics import EpisodeStatistics
 
 
 def bandwidth(actions: FloatArray, config: KernelConfig | None = None) -> float:

@@ -19,13 +19,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from evaluation.estimators.base import (
-    EpisodeStatistics,
     OffPolicyEstimator,
     OPEInput,
     per_episode_column,
     per_step_matrix,
     safe_ratio,
 )
+from evaluation.statistics import EpisodeStatistics
 
 
 def _ratio(s: np.ndarray, n: np.ndarray) -> np.ndarray:

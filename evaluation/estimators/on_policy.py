@@ -6,7 +6,8 @@ beside every candidate and used as the bar of the approval rule.
 
 from __future__ import annotations
 
-from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OPEInput
+from evaluation.estimators.base import OffPolicyEstimator, OPEInput
+from evaluation.statistics import EpisodeStatistics
 
 
 class OnPolicyValue(OffPolicyEstimator):
