@@ -14,7 +14,8 @@ much more data would decide (``PowerAnalysis``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from evaluation.config import ApprovalConfig
@@ -81,11 +82,65 @@ def _check(name: str, value: float | None, threshold: float, comparison: str, te
     return Check(name, float(value), float(threshold), comparison, bool(ok), text)
 
 
+@dataclass(frozen=True)
+class Diagnostics:
+    """The reliability measurements the approval rule checks (None: not applicable).
+
+    ``ess`` and ``ess_fraction``: effective sample size of the primary estimator's weights and
+    its share of the episodes; ``max_weight_share``: the largest episode's share of the total
+    weight; ``unsupported_share``: how often the candidate picks actions the logging policy
+    almost never took; ``clipping_effect_se``: how far clipping moves the estimate, in standard
+    errors; ``family_spread``: the spread of the estimator families' estimates, judged against
+    ``family_spread_sd`` (or ``primary_se``); ``calibration_error``: of estimated propensities.
+    """
+
+    ess: float | None = None
+    ess_fraction: float | None = None
+    max_weight_share: float | None = None
+    unsupported_share: float | None = None
+    clipping_effect_se: float | None = None
+    family_spread: float | None = None
+    family_spread_sd: float | None = None
+    primary_se: float | None = None
+    calibration_error: float | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Diagnostics:
+        """The fields found in ``values`` (an evaluation's ``diagnostics`` record); other keys
+        (descriptions, counts) are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{
+            k: None if v is None else float(v) for k, v in values.items() if k in names
+        })
+
+    def spread_se(self) -> float:
+        """The standard error the family spread is judged against (0 when unknown)."""
+        return float(self.family_spread_sd or self.primary_se or 0.0)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate weighs for one candidate, besides the diagnostics.
+
+    ``lower_bound`` is in value units: the candidate's own lower bound (a level comparison), or
+    the logging policy's value plus the lower bound of the paired gain; ``improvement`` (the
+    paired point estimate of the gain) and ``power`` come with a paired comparison.
+    """
+
+    lower_bound: float
+    behaviour_value: float
+    estimator: str = "dr"
+    bound_method: str = "t"
+    confidence: float = 0.95
+    improvement: float | None = None
+    power: PowerAnalysis | None = None
+
+
 def approve(
     *,
     lower_bound: float,
     behaviour_value: float,
-    diagnostics: dict[str, Any],
+    diagnostics: Diagnostics,
     config: ApprovalConfig | None = None,
     estimator: str = "dr",
     bound_method: str = "t",
@@ -94,132 +149,113 @@ def approve(
     power: PowerAnalysis | None = None,
     selection_note: str | None = None,
 ) -> Verdict:
-    """Apply the approval rule to one candidate.
+    """Apply the approval rule to one candidate (the arguments are those of :class:`Evidence`).
 
-    ``diagnostics`` holds ``ess``, ``ess_fraction``, ``max_weight_share``, ``unsupported_share``,
-    and optionally ``clipping_effect_se``, ``family_spread``, ``family_spread_se``,
-    ``primary_se``, ``calibration_error`` (when the propensities were estimated).
-    ``improvement`` (the paired point estimate of the gain) and ``power`` come with a paired
-    comparison; ``lower_bound`` is then the behaviour's value plus the gain's lower bound.
     ``selection_note`` (the nightly job's candidate selection, when no member was predicted to
     clear the margin) is added to the words of a rejection.
     """
     cfg = config or ApprovalConfig()
+    evidence = Evidence(lower_bound, behaviour_value, estimator, bound_method, confidence,
+                        improvement, power)
     margin = cfg.margin(behaviour_value)
-    bar = behaviour_value + margin
-    spread = diagnostics.get("family_spread")
-    se = float(diagnostics.get("family_spread_sd") or diagnostics.get("primary_se") or 0.0)
-    spread_allowed = max(
-        cfg.max_family_spread_se * se, cfg.max_family_spread_relative * abs(behaviour_value)
-    )
-    subject = (
-        f"{estimator} estimate" if improvement is None
-        else f"current policy's value plus the paired {estimator} estimate of the gain"
-    )
-    checks = [
-        _check(
-            "improvement",
-            lower_bound,
-            bar,
-            ">",
-            f"the {confidence:.0%} lower bound ({bound_method}) of the {subject} must "
-            f"exceed the current policy's value {behaviour_value:.4g} plus the margin "
-            f"{margin:.4g}",
-        ),
-        _check(
-            "effective_sample_size",
-            diagnostics.get("ess"),
-            cfg.min_ess,
-            ">=",
-            "enough logged episodes must resemble what the candidate would do",
-        ),
-        _check(
-            "effective_sample_share",
-            diagnostics.get("ess_fraction"),
-            cfg.min_ess_fraction,
-            ">=",
-            "the effective sample must be a large enough share of the episodes",
-        ),
-        _check(
-            "largest_weight_share",
-            diagnostics.get("max_weight_share"),
-            cfg.max_weight_share,
-            "<=",
-            "no single episode may carry too much of the estimate",
-        ),
-        _check(
-            "unsupported_actions",
-            diagnostics.get("unsupported_share"),
-            cfg.max_unsupported_share,
-            "<=",
-            "the candidate must rarely choose actions the current policy almost never took",
-        ),
-        _check(
-            "clipping_effect",
-            diagnostics.get("clipping_effect_se"),
-            cfg.max_clipping_effect_se,
-            "<=",
-            "clipping the weights must not move the estimate by more than this many standard "
-            "errors",
-        ),
-        _check(
-            "estimator_agreement",
-            spread,
-            spread_allowed,
-            "<=",
-            "the importance-sampling, doubly-robust, marginal and model-based estimates must "
-            "agree (within this many standard errors of their difference, or the relative "
-            "allowance)",
-        ),
-        _check(
-            "propensity_calibration",
-            diagnostics.get("calibration_error"),
-            cfg.max_calibration_error,
-            "<=",
-            "estimated logging probabilities must be well calibrated",
-        ),
-    ]
+    checks = [_improvement_check(evidence, margin), *_reliability_checks(diagnostics, cfg,
+                                                                         behaviour_value)]
     failed = [c for c in checks if not c.passed]
     extra = (lower_bound, behaviour_value, margin, confidence, improvement, power)
     if not failed:
-        text = (
-            f"Approved: with {confidence:.0%} confidence the candidate is worth at least "
-            f"{lower_bound:.4g} per episode, above the current policy's {behaviour_value:.4g} "
-            f"plus the required margin {margin:.4g}, and every reliability check passed."
-        )
-        if improvement is not None:
-            text = (
-                f"Approved: with {confidence:.0%} confidence the candidate earns at least "
-                f"{lower_bound - behaviour_value:.4g} per episode more than the current policy "
-                f"(estimated gain {improvement:.4g}, measured on the same held-out episodes), "
-                f"above the required margin {margin:.4g}, and every reliability check passed."
-            )
-        return Verdict(True, text, checks, *extra)
-    first = failed[0]
-    if first.name == "improvement":
-        text = (
-            f"Rejected: the candidate is not shown to beat the current policy. Its value is at "
-            f"least {lower_bound:.4g} per episode with {confidence:.0%} confidence, which does "
-            f"not exceed the current policy's {behaviour_value:.4g} plus the margin {margin:.4g}."
-        )
-        if improvement is not None:
-            text = (
-                f"Rejected: the candidate is not shown to beat the current policy. Its estimated "
-                f"gain is {improvement:.4g} per episode, but with {confidence:.0%} confidence "
-                f"only {lower_bound - behaviour_value:.4g}, which does not exceed the margin "
-                f"{margin:.4g}."
-            )
-        if power is not None:
-            text += " " + power.sentence(margin)
-        others = [c.name for c in failed[1:]]
-        if others:
-            text += f" Reliability checks also failed: {', '.join(others)}."
-    else:
-        names = ", ".join(c.name for c in failed)
-        text = (
-            f"Rejected: the estimate cannot be trusted ({names} failed): {first.explanation}; "
-            f"measured {first.value:.4g}, allowed {first.comparison} {first.threshold:.4g}."
-        )
+        return Verdict(True, _approved_text(evidence, margin), checks, *extra)
+    text = _rejected_text(evidence, margin, failed)
     if selection_note:
         text += " " + selection_note
     return Verdict(False, text, checks, *extra)
+
+
+def _improvement_check(evidence: Evidence, margin: float) -> Check:
+    subject = (
+        f"{evidence.estimator} estimate" if evidence.improvement is None
+        else f"current policy's value plus the paired {evidence.estimator} estimate of the gain"
+    )
+    return _check(
+        "improvement",
+        evidence.lower_bound,
+        evidence.behaviour_value + margin,
+        ">",
+        f"the {evidence.confidence:.0%} lower bound ({evidence.bound_method}) of the {subject} "
+        f"must exceed the current policy's value {evidence.behaviour_value:.4g} plus the margin "
+        f"{margin:.4g}",
+    )
+
+
+def _reliability_checks(
+    diagnostics: Diagnostics, cfg: ApprovalConfig, behaviour_value: float
+) -> list[Check]:
+    d = diagnostics
+    spread_allowed = max(
+        cfg.max_family_spread_se * d.spread_se(),
+        cfg.max_family_spread_relative * abs(behaviour_value),
+    )
+    return [
+        _check("effective_sample_size", d.ess, cfg.min_ess, ">=",
+               "enough logged episodes must resemble what the candidate would do"),
+        _check("effective_sample_share", d.ess_fraction, cfg.min_ess_fraction, ">=",
+               "the effective sample must be a large enough share of the episodes"),
+        _check("largest_weight_share", d.max_weight_share, cfg.max_weight_share, "<=",
+               "no single episode may carry too much of the estimate"),
+        _check("unsupported_actions", d.unsupported_share, cfg.max_unsupported_share, "<=",
+               "the candidate must rarely choose actions the current policy almost never took"),
+        _check("clipping_effect", d.clipping_effect_se, cfg.max_clipping_effect_se, "<=",
+               "clipping the weights must not move the estimate by more than this many "
+               "standard errors"),
+        _check("estimator_agreement", d.family_spread, spread_allowed, "<=",
+               "the importance-sampling, doubly-robust, marginal and model-based estimates "
+               "must agree (within this many standard errors of their difference, or the "
+               "relative allowance)"),
+        _check("propensity_calibration", d.calibration_error, cfg.max_calibration_error, "<=",
+               "estimated logging probabilities must be well calibrated"),
+    ]
+
+
+def _approved_text(e: Evidence, margin: float) -> str:
+    if e.improvement is None:
+        return (
+            f"Approved: with {e.confidence:.0%} confidence the candidate is worth at least "
+            f"{e.lower_bound:.4g} per episode, above the current policy's "
+            f"{e.behaviour_value:.4g} plus the required margin {margin:.4g}, and every "
+            "reliability check passed."
+        )
+    return (
+        f"Approved: with {e.confidence:.0%} confidence the candidate earns at least "
+        f"{e.lower_bound - e.behaviour_value:.4g} per episode more than the current policy "
+        f"(estimated gain {e.improvement:.4g}, measured on the same held-out episodes), "
+        f"above the required margin {margin:.4g}, and every reliability check passed."
+    )
+
+
+def _rejected_text(e: Evidence, margin: float, failed: list[Check]) -> str:
+    first = failed[0]
+    if first.name != "improvement":
+        names = ", ".join(c.name for c in failed)
+        return (
+            f"Rejected: the estimate cannot be trusted ({names} failed): {first.explanation}; "
+            f"measured {first.value:.4g}, allowed {first.comparison} {first.threshold:.4g}."
+        )
+    if e.improvement is None:
+        text = (
+            f"Rejected: the candidate is not shown to beat the current policy. Its value is at "
+            f"least {e.lower_bound:.4g} per episode with {e.confidence:.0%} confidence, which "
+            f"does not exceed the current policy's {e.behaviour_value:.4g} plus the margin "
+            f"{margin:.4g}."
+        )
+    else:
+        text = (
+            f"Rejected: the candidate is not shown to beat the current policy. Its estimated "
+            f"gain is {e.improvement:.4g} per episode, but with {e.confidence:.0%} confidence "
+            f"only {e.lower_bound - e.behaviour_value:.4g}, which does not exceed the margin "
+            f"{margin:.4g}."
+        )
+    if e.power is not None:
+        text += " " + e.power.sentence(margin)
+    others = [c.name for c in failed[1:]]
+    if others:
+        text += f" Reliability checks also failed: {', '.join(others)}."
+    return text

@@ -7,7 +7,10 @@ A policy SPEC (the ``--policy`` option of ``ecomrl evaluate``) is one of:
 * ``rule:uniform``       every action with equal probability (discrete);
 * ``rule:behaviour``     the logging policy itself (its on-policy value is the truth to recover);
 * ``table:PATH.parquet`` long form ``decision_id, action, probability`` for every logged decision
-  (a policy computed elsewhere);
+  (a policy computed elsewhere). Rows whose decision_id is not a decision of the data are
+  ignored with a warning that counts them, up to a share of the table's decision_ids
+  (``DEFAULT_MAX_UNKNOWN_SHARE``, 1 %; ``table:PATH.parquet#max_unknown_share=0.05``); beyond
+  it the table is refused (a table for other data, or a mangled id column);
 * ``artifact:PATH``      a trained policy folder from ``ecomrl train`` (loaded through
   ``offline_rl.load_policy``: hashes verified first); greedy, or epsilon-soft with
   ``artifact:PATH#epsilon=0.05``.
@@ -26,11 +29,19 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import structlog
 
+from evaluation.artifact_check import read_training_data
 from evaluation.config import KernelConfig
 from evaluation.data import EpisodeData, FloatArray
 from evaluation.errors import EvaluationError
 from evaluation.estimators.continuous import kernel_target_probability
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_UNKNOWN_SHARE = 0.01
+"""Largest share of a policy table's decision_ids that may be unknown to the data (ignored with
+a warning); beyond it the table is refused."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,14 @@ class BehaviourPolicy(Candidate):
 class TablePolicy(Candidate):
     """Action probabilities per decision_id, long form: ``decision_id, action, probability``."""
 
-    def __init__(self, table: pl.DataFrame | Path | str, name: str | None = None) -> None:
+    def __init__(
+        self,
+        table: pl.DataFrame | Path | str,
+        name: str | None = None,
+        *,
+        max_unknown_share: float = DEFAULT_MAX_UNKNOWN_SHARE,
+    ) -> None:
+        self.max_unknown_share = max_unknown_share
         if isinstance(table, pl.DataFrame):
             self.table = table
             self.name = name or "table"
@@ -221,6 +239,7 @@ class TablePolicy(Candidate):
         if table.select(pl.struct("decision_id", "action").is_duplicated().any()).item():
             raise EvaluationError(f"{self.name}: duplicate (decision_id, action) rows")
         ids = pl.DataFrame({"decision_id": data.decision_id.astype(str)}).with_row_index("row")
+        self._check_unknown_ids(table, ids)
         joined = ids.join(table, on="decision_id", how="inner")
         dist = np.zeros((data.n_decisions, k))
         rows = joined.get_column("row").to_numpy().astype(np.int64)
@@ -240,6 +259,32 @@ class TablePolicy(Candidate):
             )
         return _from_distribution(data, dist / sums[:, None])
 
+    def _check_unknown_ids(self, table: pl.DataFrame, ids: pl.DataFrame) -> None:
+        """Count the table's decision_ids that are not decisions of the data (a null id counts
+        as one): a warning up to ``max_unknown_share`` of the table's ids, an error beyond."""
+        unknown = table.join(ids, on="decision_id", how="anti").get_column("decision_id")
+        n_unknown = unknown.n_unique()
+        if n_unknown == 0:
+            return
+        n_ids = table.get_column("decision_id").n_unique()
+        share = n_unknown / n_ids
+        examples = ", ".join(repr(v) for v in unknown.unique(maintain_order=True).head(3))
+        if share > self.max_unknown_share:
+            raise EvaluationError(
+                f"{self.name}: {n_unknown} of the table's {n_ids} decision_ids ({share:.1%}) are "
+                f"not decisions of the data (e.g. {examples}), more than the allowed "
+                f"{self.max_unknown_share:.1%}: is the table for this data? (raise the limit "
+                "with table:PATH#max_unknown_share=S)"
+            )
+        log.warning(
+            "policy table rows with unknown decision_ids ignored",
+            policy=self.name,
+            unknown_decision_ids=n_unknown,
+            table_decision_ids=n_ids,
+            share=round(share, 6),
+            examples=examples,
+        )
+
 
 class ModelPolicy(Candidate):
     """Any object with ``predict(observations)``; ``action_probabilities(observations)`` if any.
@@ -247,6 +292,9 @@ class ModelPolicy(Candidate):
     A discrete policy without ``action_probabilities`` is taken as greedy (one-hot), or
     epsilon-soft when ``epsilon`` > 0.
     """
+
+    training_data: dict[str, Any] | None = None
+    """An artifact's ``data.json`` (its training manifest's features), checked against the data."""
 
     def __init__(self, policy: Any, name: str = "model", epsilon: float = 0.0) -> None:
         if not hasattr(policy, "predict"):
@@ -316,7 +364,25 @@ def load_artifact(
         raise EvaluationError(f"artifact:{path}: {exc}") from exc
     suffix = f"#epsilon={epsilon}" if epsilon else ""
     label = name if name is not None else f"artifact:{Path(path).name}{suffix}"
-    return ModelPolicy(policy, name=label, epsilon=epsilon)
+    candidate = ModelPolicy(policy, name=label, epsilon=epsilon)
+    candidate.training_data = read_training_data(Path(path))
+    return candidate
+
+
+def _spec_share(spec: str, fragment: str, key: str, default: float) -> float:
+    """The number in [0, 1] of a spec's ``#key=value`` option (``default`` without one)."""
+    if not fragment:
+        return default
+    name, _, value = fragment.partition("=")
+    if name != key:
+        raise EvaluationError(f"policy spec {spec!r}: unknown option {name!r} (only {key})")
+    try:
+        number = float(value)
+    except ValueError:
+        raise EvaluationError(f"policy spec {spec!r}: {key} must be a number") from None
+    if not 0 <= number <= 1:
+        raise EvaluationError(f"policy spec {spec!r}: {key} must be in [0, 1]")
+    return number
 
 
 def parse_policy_spec(spec: str) -> Candidate:
@@ -341,19 +407,11 @@ def parse_policy_spec(spec: str) -> Candidate:
             return ConstantPolicy(int(number) if number == int(number) else number, name=spec)
         raise EvaluationError(f"policy spec {spec!r}: unknown rule {rest!r}")
     if kind == "table":
-        return TablePolicy(Path(rest), name=spec)
+        path, _, frag = rest.partition("#")
+        share = _spec_share(spec, frag, "max_unknown_share", DEFAULT_MAX_UNKNOWN_SHARE)
+        return TablePolicy(Path(path), name=spec, max_unknown_share=share)
     if kind == "artifact":
         path, _, frag = rest.partition("#")
-        epsilon = 0.0
-        if frag:
-            key, _, value = frag.partition("=")
-            if key != "epsilon":
-                raise EvaluationError(f"policy spec {spec!r}: unknown option {key!r}")
-            try:
-                epsilon = float(value)
-            except ValueError:
-                raise EvaluationError(f"policy spec {spec!r}: epsilon must be a number") from None
-            if not 0 <= epsilon <= 1:
-                raise EvaluationError(f"policy spec {spec!r}: epsilon must be in [0, 1]")
+        epsilon = _spec_share(spec, frag, "epsilon", 0.0)
         return load_artifact(Path(path), epsilon=epsilon)
     raise EvaluationError(f"policy spec {spec!r}: unknown kind {kind!r} (rule, table, artifact)")

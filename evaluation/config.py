@@ -70,27 +70,65 @@ class ClippingConfig(_Model):
     max_weight: float | None = Field(None, gt=0)
 
 
-class DirectMethodConfig(_Model):
-    """Model-based direct method: fitted Q evaluation with a scikit-learn regressor.
+RewardModelName = Literal["auto", "ridge", "hgb", "joint_ridge", "logistic", "hgb_classifier"]
 
-    ``model="ridge"`` regresses on ``[observation, 1] x one-hot(action)`` plus one-hot step
-    features (fast, linear); ``model="hgb"`` uses ``HistGradientBoostingRegressor`` on the
-    observation, the action and the step (non-linear, slower).
+SUPPORT_FRACTION_DEFAULT = 0.05
+"""Default ``c`` of the relative support threshold ``c / K`` (see ``EvaluateConfig``)."""
+
+
+class DirectMethodConfig(_Model):
+    """The model ``q`` of the direct and doubly robust estimators (fitted Q evaluation).
+
+    * ``ridge``: one ridge regression per action on ``[observation, 1, one-hot(step)]`` (each
+      action learns alone: weak with many actions and few rewards);
+    * ``hgb``: ``HistGradientBoostingRegressor`` on the observation, the action (categorical)
+      and the step;
+    * ``joint_ridge``: one ridge regression on (context, action): ``[x, one-hot(a),
+      x * one-hot(a)]``, the action-specific terms penalised ``interaction_penalty`` times more
+      than the shared ones, so actions with few rewards borrow from the others;
+    * ``logistic``: a logistic regression on the same (context, action) design, for 0/1 (any
+      two-valued) rewards on one-step data: calibrated probabilities of the outcome;
+    * ``hgb_classifier``: ``HistGradientBoostingClassifier`` on (context, action), calibrated
+      by a sigmoid fitted out of fold (``CalibratedClassifierCV``); one-step, two-valued rewards;
+    * ``auto`` (default): ``logistic`` on one-step data with two-valued rewards,
+      ``joint_ridge`` on other one-step data, ``ridge`` on multi-step episodes (unchanged).
+
+    On multi-step episodes the model is a Q function fitted by Bellman backups (fitted Q
+    evaluation); on one-step data the reward model is exactly the Q function.
     """
 
-    model: Literal["ridge", "hgb"] = "ridge"
+    model: RewardModelName = "auto"
     n_iterations: int = Field(20, ge=1, description="Bellman backups (at most the horizon needed)")
     ridge_alpha: float = Field(1.0, ge=0)
+    interaction_penalty: float = Field(
+        1.0,
+        gt=0,
+        description="joint_ridge/logistic: penalty on action-specific terms / shared terms",
+    )
+    logistic_C: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "logistic: inverse L2 strength; None: chosen among 0.1, 1 and 10 by the cross-fitted "
+            "(held-out) log loss"
+        ),
+    )
     step_interactions: bool = Field(
         False, description="Add observation x one-hot(step) features (finite-horizon Q)"
     )
     hgb_max_iter: int = Field(100, ge=1)
-    cross_fit_folds: int = Field(
-        1, ge=1, description="1: fit on all episodes; k: k-fold by episode"
+    cross_fit_folds: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "1: fit on all episodes; k: k-fold by episode; None: 1 for ridge/hgb, 5 for the "
+            "(context, action) models (joint_ridge, logistic, hgb_classifier)"
+        ),
     )
     max_fit_rows: int | None = Field(
         None, ge=1000, description="Subsample this many decisions per Bellman backup"
     )
+    calibration_bins: int = Field(10, ge=2, description="Bins of the held-out calibration table")
     seed: int = 0
 
 
@@ -225,9 +263,31 @@ class EvaluateConfig(_Model):
     kernel: KernelConfig = Field(default_factory=KernelConfig)
     marginal: MarginalConfig = Field(default_factory=MarginalConfig)
     behaviour_model: BehaviourModelConfig = Field(default_factory=BehaviourModelConfig)
-    support_threshold: float = Field(
-        0.01, gt=0, lt=1, description="A behaviour probability below this counts as unsupported"
+    support_threshold: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "A behaviour probability below this counts as unsupported; None: relative to the "
+            "number of actions, support_fraction / K (K actions, or 20 bins of a continuous range)"
+        ),
     )
+    support_fraction: float = Field(
+        SUPPORT_FRACTION_DEFAULT,
+        gt=0,
+        lt=1,
+        description=(
+            "c of the relative threshold c / K; the logging policy's own mass below it is at most "
+            "(K-1) c / K < c, so with c <= [approval] max_unsupported_share (0.05) the logging "
+            "policy always passes its own support check"
+        ),
+    )
+
+    def support_threshold_for(self, n_actions: int) -> float:
+        """The support threshold in force for ``n_actions`` actions (or histogram bins)."""
+        if self.support_threshold is not None:
+            return self.support_threshold
+        return self.support_fraction / max(n_actions, 1)
 
 
 class ApprovalConfig(_Model):

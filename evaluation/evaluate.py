@@ -21,7 +21,8 @@ import structlog
 from scipy import stats as st
 from tqdm.auto import tqdm
 
-from evaluation.approval import Verdict, approve
+from evaluation.approval import Diagnostics, Verdict, approve
+from evaluation.artifact_check import check_artifact_data
 from evaluation.candidates import Candidate, CandidateProbabilities, parse_policy_spec
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData, TransitionsDataset, load_transitions
@@ -29,11 +30,17 @@ from evaluation.diagnostics import (
     candidate_diagnostics,
     decision_weight_diagnostics,
     family_spread,
+    logging_policy_match,
 )
 from evaluation.errors import EvaluationError
 from evaluation.estimators import ESTIMATORS
 from evaluation.estimators.base import EpisodeStatistics, OffPolicyEstimator, OPEInput
-from evaluation.estimators.direct import DirectMethod, FittedQEvaluation, d3rlpy_fqe
+from evaluation.estimators.direct import (
+    DirectMethod,
+    FittedQEvaluation,
+    QPredictions,
+    d3rlpy_fqe,
+)
 from evaluation.estimators.marginal import (
     MarginalizedDR,
     MarginalizedIS,
@@ -140,6 +147,8 @@ class CandidateResult:
     """The primary estimator's paired improvement (what the gate tested)."""
     improvements: dict[str, ImprovementResult] = field(default_factory=dict)
     """Every estimator's paired improvement (for comparison; the gate uses the primary's)."""
+    notes: list[str] = field(default_factory=list)
+    """Plain-language remarks: the logging policy recognised, the reward model's fit."""
 
     def estimate(self, estimator: str) -> EstimatorResult:
         for e in self.estimates:
@@ -220,7 +229,7 @@ class EvaluationResult:
                         "skipped": c.skipped,
                         "improvement": None if c.improvement is None else c.improvement.to_dict(),
                         "improvements": {k: v.to_dict() for k, v in c.improvements.items()},
-                        "notes": [f"{k} not computed: {v}" for k, v in c.skipped.items()],
+                        "notes": [f"{k} not computed: {v}" for k, v in c.skipped.items()] + c.notes,
                     }
                     for c in self.candidates
                 ],
@@ -377,19 +386,41 @@ def _resolve_estimators(
 def model_predictions(
     data: EpisodeData, probs: CandidateProbabilities, candidate: Candidate, cfg: EvaluateConfig
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    fitter = FittedQEvaluation(cfg.direct)
+    pred = model_fit(data, probs, candidate, cfg)
+    return None if pred is None else (pred.q_logged, pred.v_hat)
+
+
+def model_fit(
+    data: EpisodeData,
+    probs: CandidateProbabilities,
+    candidate: Candidate,
+    cfg: EvaluateConfig,
+    *,
+    fitter: FittedQEvaluation | None = None,
+    as_logging_policy: bool = False,
+) -> QPredictions | None:
+    """The model ``q`` for one candidate (None when the candidate's distribution is unknown).
+
+    The logging policy (``rule:behaviour``, or a candidate found identical to it) is modelled
+    on the logged actions: ``v(s_t) = q(s_t, a_t)`` and SARSA backups, an unbiased sample of
+    ``E_{a ~ pi_b} q(s_t, a)`` that needs no estimate of the behaviour distribution; its doubly
+    robust estimates then equal the on-policy value exactly.
+    """
+    fitter = fitter or FittedQEvaluation(cfg.direct)
     if data.action_space.is_discrete:
-        if probs.distribution is None:
+        dist = probs.distribution
+        if candidate.is_behaviour or as_logging_policy:
+            dist = np.zeros((data.n_decisions, data.action_space.n))
+            dist[np.arange(data.n_decisions), data.action] = 1.0
+        if dist is None:
             return None
-        pred = fitter.predict(data, target_distribution=probs.distribution)
-        return pred.q_logged, pred.v_hat
+        return fitter.predict(data, target_distribution=dist)
     action = probs.action
     if candidate.is_behaviour:
         action = np.asarray(data.action, dtype=np.float64)
     if action is None:
         return None
-    pred = fitter.predict(data, target_action=action)
-    return pred.q_logged, pred.v_hat
+    return fitter.predict(data, target_action=action)
 
 
 def evaluate_candidates(
@@ -415,16 +446,18 @@ def evaluate_candidates(
     appr = approval or ApprovalConfig()
     if data_path is None and isinstance(data, str | Path):
         data_path = data
-    episodes = _as_episode_data(data, cfg.gamma)
+    if isinstance(data, str | Path):
+        data = load_transitions(data)
     policies = [parse_policy_spec(c) if isinstance(c, str) else c for c in candidates]
     if not policies:
         raise EvaluationError("no candidate policy to evaluate (give at least one --policy)")
+    if isinstance(data, TransitionsDataset) and data.manifest:
+        _check_artifacts(policies, data.manifest)
+    episodes = _as_episode_data(data, cfg.gamma)
     names, skipped = _resolve_estimators(cfg.estimators, episodes)
-    needs_model = any(ESTIMATORS[n].needs_model for n in names)
-    need_dist = episodes.action_space.is_discrete and any(p.is_behaviour for p in policies)
-    episodes, calibration = fill_missing_propensities(
-        episodes, cfg.behaviour_model, need_distribution=need_dist and needs_model
-    )
+    # Only missing propensities are estimated: what the candidates are never changes the data
+    # every candidate is evaluated on (the logging policy is modelled on its logged actions).
+    episodes, calibration = fill_missing_propensities(episodes, cfg.behaviour_model)
     propensity = _propensity_summary(episodes, calibration)
 
     counts = ResampleCounts(
@@ -450,11 +483,17 @@ def evaluate_candidates(
 
     ctx = _Context(
         episodes, names, skipped, cfg, appr, behaviour, propensity, counts, episodes_per_day,
-        dict(selection_notes or {}),
+        dict(selection_notes or {}), FittedQEvaluation(cfg.direct),
     )
     results = [
         _evaluate_one(ctx, policy)
-        for policy in tqdm(policies, desc="evaluate", unit="policy", disable=len(policies) < 2)
+        for policy in tqdm(
+            policies,
+            desc="evaluate",
+            unit="policy",
+            # None: on a terminal only (never in a scheduler's or --log-json's log lines)
+            disable=True if len(policies) < 2 else None,
+        )
     ]
     return EvaluationResult(
         behaviour=behaviour,
@@ -468,6 +507,14 @@ def evaluate_candidates(
         approval_config=appr.model_dump(mode="json"),
         data_path=None if data_path is None else str(data_path),
     )
+
+
+def _check_artifacts(policies: Sequence[Candidate], manifest: Mapping[str, Any]) -> None:
+    """Every artifact candidate must have been trained on this data's features and scaling."""
+    for policy in policies:
+        training = getattr(policy, "training_data", None)
+        if isinstance(training, dict):
+            check_artifact_data(policy.name, training, dict(manifest))
 
 
 def _propensity_summary(data: EpisodeData, calibration: CalibrationReport | None) -> dict[str, Any]:
@@ -506,6 +553,8 @@ class _Context:
     counts: ResampleCounts | None
     episodes_per_day: float | None = None
     selection_notes: Mapping[str, str] = field(default_factory=dict)
+    fitter: FittedQEvaluation | None = None
+    """Shared by the candidates: a one-step reward model does not depend on the candidate."""
 
     def summarise(self, stats: list[EpisodeStatistics]) -> list[IntervalSummary]:
         cfg = self.cfg
@@ -577,17 +626,25 @@ def _primary_name(ctx: _Context, available: Sequence[str], policy: str) -> str:
 
 
 def _refit_dm(
-    ctx: _Context, probs: CandidateProbabilities, policy: Candidate, result: EstimatorResult
+    ctx: _Context,
+    probs: CandidateProbabilities,
+    policy: Candidate,
+    result: EstimatorResult,
+    as_logging_policy: bool = False,
 ) -> EstimatorResult:
     """The direct method's row with intervals from refitting the model (``fit_bootstrap``)."""
     fb = ctx.cfg.fit_bootstrap
     action = probs.action
+    dist = probs.distribution
     if policy.is_behaviour and not ctx.data.action_space.is_discrete:
         action = np.asarray(ctx.data.action, dtype=np.float64)
+    elif policy.is_behaviour or as_logging_policy:
+        dist = np.zeros((ctx.data.n_decisions, ctx.data.action_space.n))
+        dist[np.arange(ctx.data.n_decisions), ctx.data.action] = 1.0
     boot = fit_bootstrap_dm(
         ctx.data,
         ctx.cfg.direct,
-        target_distribution=probs.distribution,
+        target_distribution=dist,
         target_action=action,
         n_resamples=fb.n_resamples,
         confidence=ctx.cfg.confidence,
@@ -703,7 +760,10 @@ def _diagnostics(
     p: EstimatorResult,
 ) -> dict[str, Any]:
     diagnostics: dict[str, Any] = candidate_diagnostics(
-        inp, target_action=probs.action, support_threshold=ctx.cfg.support_threshold
+        inp,
+        target_action=probs.action,
+        support_threshold=ctx.cfg.support_threshold,
+        support_fraction=ctx.cfg.support_fraction,
     )
     if p.estimator in _MARGINAL:
         for key in ("ess", "ess_fraction", "max_weight_share"):
@@ -754,8 +814,12 @@ def _spread_sd(results: list[EstimatorResult], members: dict[str, str]) -> float
 
 
 def _model_input(
-    ctx: _Context, policy: Candidate, probs: CandidateProbabilities, skipped: dict[str, str]
-) -> OPEInput:
+    ctx: _Context,
+    policy: Candidate,
+    probs: CandidateProbabilities,
+    skipped: dict[str, str],
+    as_logging_policy: bool,
+) -> tuple[OPEInput, QPredictions | None]:
     model = None
     if any(ESTIMATORS[n].needs_model for n in ctx.names):
         if ctx.data.observation is None:
@@ -763,22 +827,48 @@ def _model_input(
                 if ESTIMATORS[n].needs_model:
                     skipped[n] = "the transitions have no observations to fit a model on"
         else:
-            model = model_predictions(ctx.data, probs, policy, ctx.cfg)
-    q_logged, v_hat = model if model is not None else (None, None)
-    return OPEInput(
+            model = model_fit(
+                ctx.data,
+                probs,
+                policy,
+                ctx.cfg,
+                fitter=ctx.fitter,
+                as_logging_policy=as_logging_policy,
+            )
+    inp = OPEInput(
         ctx.data,
         probs.logged,
         probs.distribution,
-        q_logged=q_logged,
-        v_hat=v_hat,
+        q_logged=None if model is None else model.q_logged,
+        v_hat=None if model is None else model.v_hat,
         max_weight=ctx.cfg.clipping.max_weight,
     )
+    return inp, model
+
+
+def _candidate_notes(
+    policy: Candidate, logging_match: str | None, model: QPredictions | None
+) -> list[str]:
+    """What the result says in words about this candidate beyond its numbers."""
+    notes: list[str] = []
+    if logging_match is not None:
+        what = "the logging policy itself" if policy.is_behaviour else logging_match
+        notes.append(
+            f"This candidate is the logging policy ({what}): its value is the on-policy value "
+            "of the logs; the importance-weighted and doubly robust estimates equal it."
+        )
+    if model is not None and model.quality is not None and model.quality.held_out:
+        notes.append(model.quality.summary())
+    return notes
 
 
 def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
     skipped = dict(ctx.skipped)
     probs = policy.probabilities(ctx.data, ctx.cfg.kernel)
-    inp = _model_input(ctx, policy, probs, skipped)
+    logging_match = (
+        "rule:behaviour" if policy.is_behaviour else logging_policy_match(ctx.data, probs)
+    )
+    inp, model = _model_input(ctx, policy, probs, skipped, logging_match is not None)
     estimators, stats = _estimators_for(ctx, inp, probs, skipped)
     summaries = _refit_marginal(ctx, inp, [e.name for e in estimators], ctx.summarise(stats))
     results = [
@@ -791,7 +881,7 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
     names = [r.estimator for r in results]
     if ctx.cfg.fit_bootstrap.enabled and "dm" in names:
         i = names.index("dm")
-        results[i] = _refit_dm(ctx, probs, policy, results[i])
+        results[i] = _refit_dm(ctx, probs, policy, results[i], logging_match is not None)
     primary = _primary_name(ctx, names, policy.name)
     p = results[names.index(primary)]
     improvement: ImprovementResult | None = None
@@ -804,10 +894,13 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
     else:
         lower, method = ctx.lower_bound(p)
     diagnostics = _diagnostics(ctx, inp, probs, results, p)
+    diagnostics["logging_policy"] = logging_match is not None
+    if model is not None and model.quality is not None:
+        diagnostics["reward_model"] = model.quality.to_dict()
     verdict = approve(
         lower_bound=lower,
         behaviour_value=ctx.behaviour.estimate,
-        diagnostics=diagnostics,
+        diagnostics=Diagnostics.from_mapping(diagnostics),
         config=ctx.appr,
         estimator=primary,
         bound_method=method,
@@ -837,6 +930,7 @@ def _evaluate_one(ctx: _Context, policy: Candidate) -> CandidateResult:
         skipped=skipped,
         improvement=improvement,
         improvements=improvements,
+        notes=_candidate_notes(policy, logging_match, model),
     )
 
 

@@ -21,7 +21,7 @@ The model's predictions also feed the doubly robust estimators (``q_logged``, ``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,14 @@ from evaluation.estimators.base import (
     EpisodeStatistics,
     OffPolicyEstimator,
     OPEInput,
+)
+from evaluation.estimators.reward_models import (
+    JointRidgeQ,
+    ModelQuality,
+    fit_hgb_classifier,
+    fit_logistic,
+    model_quality,
+    two_values,
 )
 
 log = structlog.get_logger(__name__)
@@ -57,11 +65,19 @@ class DirectMethod(OffPolicyEstimator):
 
 @dataclass(frozen=True)
 class QPredictions:
-    """Model predictions for one candidate: ``q(s_t, a_t)``, ``v(s_t)`` and ``q(s_t, .)``."""
+    """Model predictions for one candidate: ``q(s_t, a_t)``, ``v(s_t)`` and ``q(s_t, .)``.
+
+    ``quality``: the model's fit on the decisions (held out when cross-fitted), if measured.
+    """
 
     q_logged: FloatArray
     v_hat: FloatArray
     q_all: FloatArray | None = None
+    quality: ModelQuality | None = None
+
+
+_ValueOf = Callable[["EpisodeData", FloatArray | None, FloatArray | None], QPredictions]
+"""A fitted model: (test data, candidate distribution, candidate action) -> predictions."""
 
 
 def _state_features(
@@ -151,15 +167,68 @@ class _RidgeQ:
         return np.asarray(self.features(x, a) @ self.theta_c)
 
 
+JOINT_MODELS = ("joint_ridge", "logistic", "hgb_classifier")
+"""Models on (context, action) that share strength across actions (cross-fitted by default)."""
+
+CLASSIFIERS = ("logistic", "hgb_classifier")
+
+_LOGISTIC_GRID = (0.1, 1.0, 10.0)
+
+_DESCRIPTION = {
+    "ridge": "ridge per action",
+    "hgb": "gradient-boosted regression trees on (context, action)",
+    "joint_ridge": "ridge on (context, action), action terms shrunk to shared ones",
+    "logistic": "logistic regression on (context, action), action terms shrunk to shared ones",
+    "hgb_classifier": "gradient-boosted classifier on (context, action), sigmoid-calibrated",
+}
+
+
+def resolve_model(config: DirectMethodConfig, data: EpisodeData) -> str:
+    """The model ``auto`` stands for on this data; an error where the model cannot apply.
+
+    ``auto``: ``logistic`` on one-step discrete data with two-valued rewards, ``joint_ridge``
+    on other one-step discrete data, ``ridge`` otherwise (multi-step Q model, continuous).
+    """
+    discrete = data.action_space.is_discrete
+    one_step = data.n_episodes == data.n_decisions
+    name: str = config.model
+    if name == "auto":
+        if not (discrete and one_step):
+            return "ridge"
+        return "logistic" if two_values(data.reward) is not None else "joint_ridge"
+    binary = two_values(data.reward) is not None
+    if name in CLASSIFIERS and not (discrete and one_step and binary):
+        raise EvaluationError(
+            f"[evaluate.direct] model = {name!r} models a two-valued reward of one-step "
+            "decisions over discrete actions; these logs have "
+            f"{'one-step' if one_step else 'multi-step'} episodes, "
+            f"{len(np.unique(data.reward))} distinct reward values and "
+            f"{data.action_space.type} actions: use 'joint_ridge' (a Q model) or 'auto'"
+        )
+    if name == "joint_ridge" and not discrete:
+        return "ridge"  # continuous ridge is already one model of (context, action)
+    return name
+
+
+def resolve_folds(config: DirectMethodConfig, model: str) -> int:
+    """``cross_fit_folds``, or its default: 5 for the (context, action) models, else 1."""
+    if config.cross_fit_folds is not None:
+        return config.cross_fit_folds
+    return 5 if model in JOINT_MODELS else 1
+
+
 class FittedQEvaluation:
     """Model-based direct method: fitted Q evaluation with a scikit-learn-style regressor.
 
     Discrete candidates are given by their action distribution per decision (n, K); continuous
-    ones by their deterministic action per decision (n,).
+    ones by their deterministic action per decision (n,). On one-step discrete data the model
+    (a reward model) does not depend on the candidate: it is fitted once per dataset and reused
+    by every candidate evaluated with the same instance.
     """
 
     def __init__(self, config: DirectMethodConfig | None = None) -> None:
         self.config = config or DirectMethodConfig()
+        self._reward_cache: tuple[EpisodeData, QPredictions] | None = None
 
     def predict(
         self,
@@ -174,9 +243,56 @@ class FittedQEvaluation:
             raise EvaluationError("a discrete candidate needs its action distribution for FQE")
         if not discrete and target_action is None:
             raise EvaluationError("a continuous candidate needs its action per decision for FQE")
-        folds = self.config.cross_fit_folds
-        if folds <= 1:
-            return self._fit_predict(data, data, target_distribution, target_action)
+        model = resolve_model(self.config, data)
+        if discrete and data.n_episodes == data.n_decisions:
+            assert target_distribution is not None
+            reward = self._reward_model(data, model)
+            assert reward.q_all is not None
+            v_hat = np.einsum("ij,ij->i", reward.q_all, target_distribution)
+            return replace(reward, v_hat=v_hat)
+        return self._cross_fit(data, target_distribution, target_action, model)
+
+    def _reward_model(self, data: EpisodeData, model: str) -> QPredictions:
+        """One-step discrete data: the candidate-free reward model, fitted once per dataset."""
+        if self._reward_cache is not None and self._reward_cache[0] is data:
+            return self._reward_cache[1]
+        uniform = np.full((data.n_decisions, data.action_space.n), 1.0 / data.action_space.n)
+        if model == "logistic" and self.config.logistic_C is None:
+            pred = self._tuned_logistic(data, uniform)
+        else:
+            pred = self._cross_fit(data, uniform, None, model)
+        self._reward_cache = (data, pred)
+        return pred
+
+    def _tuned_logistic(self, data: EpisodeData, uniform: FloatArray) -> QPredictions:
+        """The logistic model whose L2 strength gives the lowest held-out log loss."""
+        best: QPredictions | None = None
+        best_loss = np.inf
+        grid = ", ".join(f"{g:g}" for g in _LOGISTIC_GRID)
+        for c in _LOGISTIC_GRID:
+            fitter = FittedQEvaluation(self.config.model_copy(update={"logistic_C": c}))
+            pred = fitter._cross_fit(data, uniform, None, "logistic")
+            quality = pred.quality
+            assert quality is not None and quality.log_loss is not None
+            if quality.log_loss < best_loss:
+                best_loss = quality.log_loss
+                model = f"{quality.model}, C={c:g} of {grid} by held-out log loss"
+                best = replace(pred, quality=replace(quality, model=model))
+        assert best is not None
+        return best
+
+    def _cross_fit(
+        self,
+        data: EpisodeData,
+        target_distribution: FloatArray | None,
+        target_action: FloatArray | None,
+        model: str,
+    ) -> QPredictions:
+        folds = resolve_folds(self.config, model)
+        if folds <= 1 or data.n_episodes < 2 * folds:
+            pred = self._fit_predict(data, data, target_distribution, target_action, model=model)
+            return self._with_quality(data, pred, model, 1)
+        discrete = data.action_space.is_discrete
         rng = np.random.default_rng(self.config.seed)
         fold_of = rng.integers(0, folds, size=data.n_episodes)
         q_logged = np.empty(data.n_decisions)
@@ -198,12 +314,31 @@ class FittedQEvaluation:
                 None if target_action is None else target_action[train_rows],
                 None if target_distribution is None else target_distribution[test_rows],
                 None if target_action is None else target_action[test_rows],
+                model=model,
             )
             q_logged[test_rows] = pred.q_logged
             v_hat[test_rows] = pred.v_hat
             if q_all is not None and pred.q_all is not None:
                 q_all[test_rows] = pred.q_all
-        return QPredictions(q_logged=q_logged, v_hat=v_hat, q_all=q_all)
+        return self._with_quality(data, QPredictions(q_logged, v_hat, q_all), model, folds)
+
+    def _with_quality(
+        self, data: EpisodeData, pred: QPredictions, model: str, folds: int
+    ) -> QPredictions:
+        """``pred`` with its fit quality: against the reward (one-step) or the Bellman target."""
+        rows, nxt, disc = _next_structure(data)
+        target = data.reward.copy()
+        target[rows] += disc * pred.v_hat[nxt]
+        quality = model_quality(
+            pred.q_logged,
+            target,
+            model=f"{model} ({_DESCRIPTION.get(model, model)})",
+            target_name="reward" if len(rows) == 0 else "Bellman target r + gamma^gap v(s')",
+            folds=folds,
+            binary=two_values(data.reward) if len(rows) == 0 else None,
+            bins=self.config.calibration_bins,
+        )
+        return replace(pred, quality=quality)
 
     def _fit_predict(
         self,
@@ -213,72 +348,109 @@ class FittedQEvaluation:
         act: FloatArray | None,
         test_dist: FloatArray | None = None,
         test_act: FloatArray | None = None,
+        *,
+        model: str = "ridge",
     ) -> QPredictions:
         if test is train:
             test_dist, test_act = dist, act
-        value_of = self._iterate(train, dist, act)
+        if model in CLASSIFIERS:
+            value_of = self._classifier(train, model)
+        elif model == "hgb":
+            value_of = self._iterate_hgb(train, dist, act)
+        else:
+            value_of = self._iterate_ridge(train, dist, act, joint=model == "joint_ridge")
         return value_of(test, test_dist, test_act)
 
-    def _iterate(
-        self, data: EpisodeData, dist: FloatArray | None, act: FloatArray | None
-    ) -> Callable[[EpisodeData, FloatArray | None, FloatArray | None], QPredictions]:
+    def _classifier(self, data: EpisodeData, model: str) -> _ValueOf:
+        """One-step, two-valued rewards: a calibrated classifier of the outcome."""
+        cfg = self.config
+        x = _state_features(data, interactions=cfg.step_interactions)
+        k = data.action_space.n
+        values = two_values(data.reward)
+        low, high = values if values is not None else (0.0, 1.0)
+        outcome = (data.reward == high).astype(np.int64)
+        if model == "logistic":
+            scores = fit_logistic(
+                x,
+                data.action,
+                outcome,
+                k,
+                C=cfg.logistic_C or 1.0,
+                interaction_penalty=cfg.interaction_penalty,
+            )
+        else:
+            scores = fit_hgb_classifier(
+                x, data.action, outcome, k, max_iter=cfg.hgb_max_iter, seed=cfg.seed
+            )
+
+        def predict(
+            test: EpisodeData, tdist: FloatArray | None, tact: FloatArray | None
+        ) -> QPredictions:
+            xt = x if test is data else _state_features(test, data, cfg.step_interactions)
+            q_all = low + (high - low) * scores(xt)
+            q_logged = q_all[np.arange(test.n_decisions), test.action]
+            v_hat = np.sum(q_all * tdist, axis=1) if tdist is not None else q_logged
+            return QPredictions(q_logged, v_hat, q_all)
+
+        return predict
+
+    def _iterate_ridge(
+        self, data: EpisodeData, dist: FloatArray | None, act: FloatArray | None, joint: bool
+    ) -> _ValueOf:
         cfg = self.config
         x = _state_features(data, interactions=cfg.step_interactions)
         rows, nxt, disc = _next_structure(data)
-        n_iter = cfg.n_iterations
         discrete = data.action_space.is_discrete
-        if cfg.model == "ridge":
+        model: _RidgeQ | JointRidgeQ
+        if joint and discrete:
+            model = JointRidgeQ(
+                x, data.action, data.action_space.n, cfg.ridge_alpha, cfg.interaction_penalty
+            )
+        else:
             model = _RidgeQ(x, data, cfg.ridge_alpha)
-            target = data.reward.copy()
-            x_next = x[nxt]
+        x_next = x[nxt]
+
+        def next_value() -> FloatArray:
             if discrete and dist is not None:
-                dist_next = dist[nxt]
-            elif act is not None:
-                feats_next = model.features(x_next, act[nxt])
-            for it in range(n_iter):
-                model.fit(x, target)
-                if discrete and dist is not None:
-                    v_next = np.einsum("ij,ij->i", model.predict_all(x_next), dist_next)
-                else:
-                    v_next = feats_next @ model.theta_c
-                new_target = data.reward.copy()
-                new_target[rows] += disc * v_next
-                change = float(np.max(np.abs(new_target - target)))
-                target = new_target
-                if change < 1e-6 * (1.0 + float(np.max(np.abs(target)))) or it + 1 >= max(
-                    n_iter, 1
-                ):
-                    break
+                return np.einsum("ij,ij->i", model.predict_all(x_next), dist[nxt])
+            assert act is not None and isinstance(model, _RidgeQ)
+            return np.asarray(model.features(x_next, act[nxt]) @ model.theta_c)
+
+        target = data.reward.copy()
+        for it in range(cfg.n_iterations):
             model.fit(x, target)
+            new_target = data.reward.copy()
+            new_target[rows] += disc * next_value()
+            change = float(np.max(np.abs(new_target - target)))
+            target = new_target
+            if change < 1e-6 * (1.0 + float(np.max(np.abs(target)))) or it + 1 >= max(
+                cfg.n_iterations, 1
+            ):
+                break
+        model.fit(x, target)
 
-            def predict(
-                test: EpisodeData, tdist: FloatArray | None, tact: FloatArray | None
-            ) -> QPredictions:
-                xt = x if test is data else _state_features(test, data, cfg.step_interactions)
-                if discrete and tdist is not None:
-                    q_all = model.predict_all(xt)
-                    q_logged = q_all[np.arange(test.n_decisions), test.action]
-                    return QPredictions(q_logged, np.sum(q_all * tdist, axis=1), q_all)
-                assert tact is not None
-                q_logged = model.predict_at(xt, np.asarray(test.action, dtype=np.float64))
-                return QPredictions(q_logged, model.predict_at(xt, tact))
+        def predict(
+            test: EpisodeData, tdist: FloatArray | None, tact: FloatArray | None
+        ) -> QPredictions:
+            xt = x if test is data else _state_features(test, data, cfg.step_interactions)
+            if discrete and tdist is not None:
+                q_all = model.predict_all(xt)
+                q_logged = q_all[np.arange(test.n_decisions), test.action]
+                return QPredictions(q_logged, np.sum(q_all * tdist, axis=1), q_all)
+            assert tact is not None and isinstance(model, _RidgeQ)
+            q_logged = model.predict_at(xt, np.asarray(test.action, dtype=np.float64))
+            return QPredictions(q_logged, model.predict_at(xt, tact))
 
-            return predict
-        return self._iterate_hgb(data, x, rows, nxt, disc, dist, act)
+        return predict
 
     def _iterate_hgb(
-        self,
-        data: EpisodeData,
-        x: FloatArray,
-        rows: np.ndarray,
-        nxt: np.ndarray,
-        disc: FloatArray,
-        dist: FloatArray | None,
-        act: FloatArray | None,
-    ) -> Callable[[EpisodeData, FloatArray | None, FloatArray | None], QPredictions]:
+        self, data: EpisodeData, dist: FloatArray | None, act: FloatArray | None
+    ) -> _ValueOf:
         from sklearn.ensemble import HistGradientBoostingRegressor
 
         cfg = self.config
+        x = _state_features(data, interactions=cfg.step_interactions)
+        rows, nxt, disc = _next_structure(data)
         discrete = data.action_space.is_discrete
         k = data.action_space.n if discrete else 0
         rng = np.random.default_rng(cfg.seed)
@@ -368,9 +540,11 @@ def d3rlpy_fqe(
     a stochastic candidate may sample (the TD target is then right in expectation). Returns
     ``q(s_t, a_t)`` and ``v(s_t) = q(s_t, policy_action(s_t))``.
     """
-    import d3rlpy
-    import torch
+    import torch  # d3rlpy FQE only: torch and d3rlpy load only when this estimator runs
 
+    from offline_rl._quiet import import_d3rlpy
+
+    d3rlpy = import_d3rlpy()  # keeps the CLI's logging configuration
     cfg = config or FQEConfig()
     if data.observation is None:
         raise EvaluationError("FQE needs observations in the transitions")

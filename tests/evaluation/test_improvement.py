@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from evaluation.approval import approve
+from evaluation.approval import Diagnostics, approve
 from evaluation.candidates import TablePolicy
 from evaluation.config import ApprovalConfig, EvaluateConfig
 from evaluation.data import EpisodeData
@@ -110,8 +110,8 @@ def test_verdict_words_say_gain_and_how_much_more_data() -> None:
     power = power_analysis(0.2, 0.15, 400, 0.0, 0.05, episodes_per_day=20.0)
     verdict = approve(
         lower_bound=10.0 - 0.05, behaviour_value=10.0,
-        diagnostics={"ess": 300.0, "ess_fraction": 0.75, "max_weight_share": 0.01,
-                     "unsupported_share": 0.0},
+        diagnostics=Diagnostics(ess=300.0, ess_fraction=0.75, max_weight_share=0.01,
+                                unsupported_share=0.0),
         config=ApprovalConfig(), improvement=0.2, power=power,
     )
     assert not verdict.approved

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation.approval import approve
+from evaluation.approval import Diagnostics, approve
 from evaluation.candidates import ConstantPolicy
 from evaluation.config import ApprovalConfig, BehaviourModelConfig, EvaluateConfig, KernelConfig
 from evaluation.data import EpisodeData
@@ -135,10 +135,10 @@ def test_continuous_evaluation_end_to_end() -> None:
     assert behaviour.estimate("kernel_is").estimate == pytest.approx(result.behaviour.estimate)
 
 
-def _diag(**over: float) -> dict[str, float]:
+def _diag(**over: float) -> Diagnostics:
     base = {"ess": 500.0, "ess_fraction": 0.5, "max_weight_share": 0.01, "unsupported_share": 0.0}
     base.update(over)
-    return base
+    return Diagnostics(**base)
 
 
 def test_approval_approves_only_when_the_bound_beats_the_bar_and_checks_pass() -> None:
