@@ -15,12 +15,15 @@ scalers, all on every step. Here:
    counter increment, which is precisely what the public ``algo.update(numpy_batch)`` does after
    its numpy-to-tensor conversion (``numpy_update`` below goes through ``algo.update`` itself).
 
-Optionally (``compile=True``, discrete Q-learning agents on the CPU) the loss of d3rlpy's
+Optionally (``compile=True``, on the CPU) the loss of the discrete Q-learning agents' d3rlpy
 ``compute_grad`` (``compute_loss(batch, compute_target(batch))``) is wrapped in
 ``torch.compile``: the same functions are traced, the duplicated forward passes (d3rlpy runs
 the online Q-network twice on the same observations, for the TD error and for the conservative
 term) are merged and the element-wise kernels fused. Losses then equal d3rlpy's to float rounding
-(about 1e-7 relative), not bitwise. On CUDA, d3rlpy's own ``compile_graph`` is used instead.
+(about 1e-7 relative), not bitwise. For continuous BCQ the same switch computes its target's
+first layers once per next observation instead of once per candidate action
+(``offline_rl.fast_continuous``), also equal to float rounding. On CUDA, d3rlpy's own
+``compile_graph`` is used instead.
 """
 
 from __future__ import annotations
@@ -209,12 +212,22 @@ steps."""
 
 
 def compile_update(algo: Any) -> bool:
-    """``torch.compile`` the loss of a discrete Q-learning agent's update (CPU); ``True`` if done.
+    """The faster, not bit-identical update (CPU); ``True`` if installed.
 
-    d3rlpy's ``compute_grad`` is ``zero_grad(); loss = compute_loss(batch,
-    compute_target(batch)); loss.loss.backward()``: the same sequence runs here with the two
-    d3rlpy methods traced into one compiled graph (forward and backward via AOTAutograd).
+    Discrete Q-learning agents: ``torch.compile`` of the loss. d3rlpy's ``compute_grad`` is
+    ``zero_grad(); loss = compute_loss(batch, compute_target(batch)); loss.loss.backward()``:
+    the same sequence runs here with the two d3rlpy methods traced into one compiled graph
+    (forward and backward via AOTAutograd).
+
+    Continuous BCQ: its target's observation terms computed once per next observation
+    (``offline_rl.fast_continuous``); no compilation. Continuous CQL: not applicable (d3rlpy's
+    update is kept; see ``install_fast_terms``).
     """
+    from offline_rl.fast_continuous import install_fast_terms
+
+    if install_fast_terms(algo):
+        log.info("fast_continuous_terms_installed", agent=type(algo).__name__)
+        return True
     impl = algo.impl
     if impl is None or not all(
         hasattr(impl, name) for name in ("compute_loss", "compute_target", "_compute_grad")
@@ -241,8 +254,11 @@ def compile_update(algo: Any) -> bool:
             loss = compiled(batch)
             loss.loss.backward()
         except Exception as exc:  # any compiler failure (no C++ toolchain, ...)
-            log.warning("compile_failed_training_uncompiled", agent=type(algo).__name__,
-                        error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}")
+            log.warning(
+                "compile_failed_training_uncompiled",
+                agent=type(algo).__name__,
+                error=f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}",
+            )
             impl._compute_grad = eager
             return eager(batch)
         return loss
