@@ -45,7 +45,8 @@ from ecomrl.certify import build_family, choose_certified, selection_data
 from ecomrl.config import EcomrlConfig
 from ecomrl.holdout import RunSplit, split_by_time, split_by_users
 from ecomrl.runs import published_path, run_lock, staged_directory
-from etl import run_etl
+from etl import EtlResult, run_etl
+from evaluation.approval import Verdict
 from evaluation.candidates import load_artifact
 from evaluation.data import TransitionsDataset
 from evaluation.evaluate import EvaluationResult, evaluate_candidates
@@ -239,90 +240,32 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
     timings: dict[str, float] = {}
 
     with run_lock(runs_dir):
-        clock = time.perf_counter()
-        backfill = not (dataset / "_manifest.json").is_file()
-        etl_result = run_etl(run.input, dataset, config.etl, date=None if backfill else date)
-        timings["etl_s"] = time.perf_counter() - clock
-        log.info("etl done", date=str(date), backfill=backfill, counts=etl_result.counts)
-
-        frame, manifest = load_transitions(dataset)
-        split = split_logs(frame, date, config)
-        if split.fit.height == 0 or split.held_out.height == 0:
-            raise TrainingError(
-                f"not enough data up to {date}: {split.fit.height} decisions to train on and "
-                f"{split.held_out.height} to evaluate on ({split.description}; see [run] "
-                "holdout, eval_min_age_days, eval_days)"
-            )
-        log.info("split", description=split.description)
-
+        data = _etl_and_split(run.input, dataset, date, config, timings)
         production = production_policy(runs_dir, date)
         final = runs_dir / date.isoformat()
         with staged_directory(final) as scratch:
             clock = time.perf_counter()
-            trained = _train(split, manifest, scratch, config, production)
-            chosen = build_candidates(split, manifest, dataset, scratch, trained, config)
+            trained = _train(data.split, data.manifest, scratch, config, production)
+            chosen = build_candidates(
+                data.split, data.manifest, dataset, scratch, trained, config
+            )
             timings["train_s"] = time.perf_counter() - clock
-
-            policies = list(chosen.policies)
-            if trained.bc is not None:
-                policies.append(load_artifact(trained.bc, name="baseline:bc"))
-            if production is not None:
-                policies.append(load_artifact(production, name="production"))
-            policies.extend(run.baselines)
-
+            result = _evaluate(data, chosen, trained, production, dataset, scratch, config,
+                               timings)
             clock = time.perf_counter()
-            held_out = TransitionsDataset(
-                frame=split.held_out, manifest=manifest.data, path=dataset
-            )
-            result = evaluate_candidates(
-                held_out, policies, config=config.evaluate, approval=config.approval,
-                data_path=dataset, episodes_per_day=split.episodes_per_day,
-                selection_notes=chosen.selection_notes,
-            )
-            result = replace(
-                result,
-                selection=_with_realised(chosen.selection, result),
-                holdout=split.description,
-            )
-            ope_json, _ = result.write(scratch / "evaluation")
-            timings["evaluate_s"] = time.perf_counter() - clock
-
-            clock = time.perf_counter()
-            _write_report(ope_json, dataset, chosen.agent_artifact, date, scratch, final)
+            _write_report(result.ope_json, dataset, chosen.agent_artifact, date, scratch, final)
             timings["report_s"] = time.perf_counter() - clock
-
-            artifact = chosen.artifact.relative_to(scratch)
-            verdict = result.candidate("candidate").verdict
+            verdict = result.evaluation.candidate("candidate").verdict
             approved = verdict.decision == "approve"
-            exit_code = EXIT_APPROVED if approved else EXIT_REJECTED
-            summary = {
-                "date": date.isoformat(),
-                "verdict": verdict.decision,
-                "reason": verdict.decided_by,
-                "exit_code": exit_code,
-                "candidate_artifact": str(artifact),
-                "agent_artifact": str(chosen.agent_artifact.relative_to(scratch)),
-                "selection": result.selection,
-                "holdout": split.description,
-                "production_policy": str(production.relative_to(runs_dir)) if production else None,
-                "warm_started": bool(run.warm_start and production is not None),
-                "etl_counts": etl_result.counts,
-            }
+            summary = _run_summary(date, verdict, chosen, result.evaluation, data, production,
+                                   scratch, config)
             _write_json(scratch / "run.json", summary)
             _write_json(
                 scratch / TIMINGS,
-                {"seconds": {k: round(v, 3) for k, v in timings.items()}, "etl_backfill": backfill},
+                {"seconds": {k: round(v, 3) for k, v in timings.items()},
+                 "etl_backfill": data.backfill},
             )
-
-        approvals = runs_dir / APPROVALS
-        record = approvals / f"{date.isoformat()}.json"
-        if approved:
-            approvals.mkdir(parents=True, exist_ok=True)
-            tmp = record.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"artifact": f"{date.isoformat()}/{artifact}"}))
-            tmp.replace(record)
-        elif record.exists():  # a rerun that now rejects withdraws that date's approval
-            record.unlink()
+        _record_approval(runs_dir, date, summary["candidate_artifact"], approved)
 
     return NightlyOutcome(
         date=date,
@@ -331,5 +274,116 @@ def run_nightly(config: EcomrlConfig, date: dt.date) -> NightlyOutcome:
         verdict=verdict.decision,
         reason=verdict.decided_by,
         report_html=final / "report" / "report.html",
-        exit_code=exit_code,
+        exit_code=int(summary["exit_code"]),
     )
+
+
+@dataclass(frozen=True)
+class _NightData:
+    """The night's dataset after the ETL, split for training, selection and the gate."""
+
+    etl: EtlResult
+    backfill: bool
+    manifest: TransitionManifest
+    split: RunSplit
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    evaluation: EvaluationResult
+    ope_json: Path
+
+
+def _etl_and_split(
+    raw: Path, dataset: Path, date: dt.date, config: EcomrlConfig, timings: dict[str, float]
+) -> _NightData:
+    """ETL of ``date`` into ``dataset`` (a backfill the first time), then the split."""
+    clock = time.perf_counter()
+    backfill = not (dataset / "_manifest.json").is_file()
+    etl_result = run_etl(raw, dataset, config.etl, date=None if backfill else date)
+    timings["etl_s"] = time.perf_counter() - clock
+    log.info("etl done", date=str(date), backfill=backfill, counts=etl_result.counts)
+    frame, manifest = load_transitions(dataset)
+    split = split_logs(frame, date, config)
+    if split.fit.height == 0 or split.held_out.height == 0:
+        raise TrainingError(
+            f"not enough data up to {date}: {split.fit.height} decisions to train on and "
+            f"{split.held_out.height} to evaluate on ({split.description}; see [run] "
+            "holdout, eval_min_age_days, eval_days)"
+        )
+    log.info("split", description=split.description)
+    return _NightData(etl_result, backfill, manifest, split)
+
+
+def _evaluate(
+    data: _NightData,
+    chosen: Candidates,
+    trained: TrainedAgents,
+    production: Path | None,
+    dataset: Path,
+    scratch: Path,
+    config: EcomrlConfig,
+    timings: dict[str, float],
+) -> _Evaluated:
+    """Every policy of the night off-policy on the held-out episodes; ``ope.json`` written."""
+    clock = time.perf_counter()
+    policies = list(chosen.policies)
+    if trained.bc is not None:
+        policies.append(load_artifact(trained.bc, name="baseline:bc"))
+    if production is not None:
+        policies.append(load_artifact(production, name="production"))
+    policies.extend(config.run.baselines)
+    held_out = TransitionsDataset(frame=data.split.held_out, manifest=data.manifest.data,
+                                  path=dataset)
+    result = evaluate_candidates(
+        held_out, policies, config=config.evaluate, approval=config.approval,
+        data_path=dataset, episodes_per_day=data.split.episodes_per_day,
+        selection_notes=chosen.selection_notes,
+    )
+    result = replace(
+        result, selection=_with_realised(chosen.selection, result),
+        holdout=data.split.description,
+    )
+    ope_json, _ = result.write(scratch / "evaluation")
+    timings["evaluate_s"] = time.perf_counter() - clock
+    return _Evaluated(result, ope_json)
+
+
+def _run_summary(
+    date: dt.date,
+    verdict: Verdict,
+    chosen: Candidates,
+    result: EvaluationResult,
+    data: _NightData,
+    production: Path | None,
+    scratch: Path,
+    config: EcomrlConfig,
+) -> dict[str, Any]:
+    """``run.json``: what the night decided and from what (no timings: reruns reproduce it)."""
+    runs_dir = config.run.runs_dir
+    approved = verdict.decision == "approve"
+    return {
+        "date": date.isoformat(),
+        "verdict": verdict.decision,
+        "reason": verdict.decided_by,
+        "exit_code": EXIT_APPROVED if approved else EXIT_REJECTED,
+        "candidate_artifact": str(chosen.artifact.relative_to(scratch)),
+        "agent_artifact": str(chosen.agent_artifact.relative_to(scratch)),
+        "selection": result.selection,
+        "holdout": data.split.description,
+        "production_policy": str(production.relative_to(runs_dir)) if production else None,
+        "warm_started": bool(config.run.warm_start and production is not None),
+        "etl_counts": data.etl.counts,
+    }
+
+
+def _record_approval(runs_dir: Path, date: dt.date, artifact: str, approved: bool) -> None:
+    """``runs/approvals/D.json`` names the approved artifact; a rerun that rejects withdraws it."""
+    record = runs_dir / APPROVALS / f"{date.isoformat()}.json"
+    if approved:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"artifact": f"{date.isoformat()}/{artifact}"}))
+        tmp.replace(record)
+    elif record.exists():
+        record.unlink()
