@@ -2,8 +2,8 @@
 
 A trained policy reads observations as the features it was trained on, scaled as they were
 then. ``data.json`` in the artifact folder records the training manifest's feature names,
-action space and path (``offline_rl.train``); the scaling is read from that training manifest
-when it is still there. Evaluating on a dataset whose manifest differs would feed the policy
+action space, scaling and path (``offline_rl.train``); artifacts written before the scaling was
+recorded there are checked against that training manifest when it is still there. Evaluating on a dataset whose manifest differs would feed the policy
 other numbers than it learned on, without a word: :func:`check_artifact_data` refuses it
 (``EvaluationError``, exit 2) and names every difference.
 """
@@ -35,6 +35,11 @@ def read_training_data(folder: Path) -> dict[str, Any] | None:
 
 
 def _training_scaling(training: dict[str, Any]) -> dict[str, Any] | None:
+    """The scaling the artifact was trained with: its ``data.json`` (artifacts since the scaling
+    is recorded there), else the training manifest it names, if that still exists."""
+    recorded = training.get("scaling")
+    if isinstance(recorded, dict) and recorded:
+        return recorded
     path = training.get("manifest_path")
     if not isinstance(path, str):
         return None

@@ -147,7 +147,10 @@ def _score(
     estimate, sd = _paired_moments(data, inp, estimator, cfg)
     t = float(st.t.ppf(1.0 - cfg.lower_bound_delta, max(n_test - 1, 1)))
     predicted = estimate - inflation * t * sd / math.sqrt(max(n_test, 1))
-    diag = candidate_diagnostics(inp, target_action=None, support_threshold=cfg.support_threshold)
+    diag = candidate_diagnostics(
+        inp, target_action=None, support_threshold=cfg.support_threshold,
+        support_fraction=cfg.support_fraction,
+    )
     if estimator in ("mis", "mdr"):
         diag.update(marginal_overlap(inp, estimator, cfg))
     ess = _number(diag["ess_fraction"]) * n_test

@@ -106,8 +106,9 @@ class TrainConfig(BaseModel):
     """Vectorised minibatch sampling + d3rlpy's own update; ``False`` runs d3rlpy's ``fit()``."""
     compile: bool | Literal["auto"] = "auto"
     """``torch.compile`` the loss of the discrete Q-learning agents (DiscreteCQL, DiscreteBCQ) on
-    the CPU: about 1.6x more updates per second than the fast loop alone, for 25-40 s of
-    compilation (seconds with torch's on-disk cache); losses equal d3rlpy's to float rounding
+    the CPU, and give continuous BCQ its blocked target (``fast_continuous.py``): more updates
+    per second for 25-40 s of compilation (seconds with torch's on-disk cache; the ratios are
+    printed by ``python -m benchmarks.train_speed``); losses equal d3rlpy's to float rounding
     (~1e-7 relative), not bitwise. ``auto``: compile when the run has at least
     ``COMPILE_AUTO_MIN_STEPS`` (5,000) steps to train on the CPU, where it pays for itself;
     ``true`` always; ``false`` never (bit-exact d3rlpy arithmetic). On CUDA, ``true`` switches on

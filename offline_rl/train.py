@@ -687,6 +687,7 @@ def write_artifact(
             "manifest_path": str(manifest.path) if manifest.path else None,
             "action_space": manifest.action_space.model_dump(mode="json", exclude_unset=True),
             "feature_names": manifest.feature_names,
+            "scaling": {n: f.model_dump() for n, f in manifest.spec.scaling.items()},
             "scenario": manifest.data.get("scenario"),
             "gamma": manifest.gamma,
             **split_info,

@@ -82,6 +82,8 @@ def test_d3rlpy_dataset_file_imports_trains_and_evaluates(tmp_path: Path) -> Non
         "train", "--data", str(data), "--out", str(tmp_path / "policies"), "--steps", "20",
         "--agent", "discrete_cql",
     ]) == 0
+    trained = json.loads((tmp_path / "policies" / "discrete_cql" / "data.json").read_text())
+    assert trained["scaling"] == manifest.data["scaling"]  # checked when evaluated elsewhere
     code = main([
         "evaluate", "--data", str(data),
         "--policy", f"artifact:{tmp_path / 'policies' / 'discrete_cql'}",

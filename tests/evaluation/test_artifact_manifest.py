@@ -87,3 +87,15 @@ def test_evaluate_refuses_it_before_any_work(tmp_path: Path) -> None:
     data = TransitionsDataset(frame, {"feature_names": ["recency"], "gamma": 0.9}, tmp_path)
     with pytest.raises(EvaluationError, match="absent from the data: n_orders, monetary"):
         evaluate_candidates(data, [candidate])
+
+
+def test_scaling_recorded_in_the_artifact_is_checked_without_its_training_manifest(
+    tmp_path: Path,
+) -> None:
+    training = _artifact(tmp_path, SCALING)
+    (tmp_path / "train_data" / "_manifest.json").unlink()  # the training dataset is gone
+    recorded = {**training, "scaling": SCALING}
+    other = {**SCALING, "recency": {"mean": 9.0, "std": 1.0}}
+    with pytest.raises(EvaluationError, match=r"recency mean 0 -> 9"):
+        check_artifact_data("artifact:a", recorded, {"feature_names": FEATURES, "scaling": other})
+    check_artifact_data("artifact:a", recorded, {"feature_names": FEATURES, "scaling": SCALING})
