@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 import structlog
 
+from etl.manifest import MANIFEST_NAME
 from evaluation.errors import EvaluationError
 
 log = structlog.get_logger(__name__)
@@ -432,27 +433,52 @@ class TransitionsDataset:
 
 
 def load_transitions(path: Path | str) -> TransitionsDataset:
-    """Read an ETL output folder (``<dir>/transitions/date=.../*.parquet`` + ``_manifest.json``).
+    """Read transitions: an ETL output folder (``transitions/date=.../*.parquet`` and
+    ``_manifest.json``), a folder of Parquet files or a single Parquet file.
 
-    Also accepts a folder of Parquet files or a single Parquet file; the manifest is optional
-    there (gamma then defaults to 0.9 and the action space is inferred from the actions).
+    Evaluation needs less than training: observations are optional (importance sampling of a
+    table policy needs none), and so is the manifest (gamma then defaults to 0.9 and the action
+    space is inferred from the actions). Raw logs and unreadable files are refused with the
+    path named (``EvaluationError``, exit 2).
     """
     path = Path(path)
     if not path.exists():
         raise EvaluationError(f"transitions not found: {path}")
+    if path.is_dir() and ((path / "events").is_dir() or (path / "orders").is_dir()):
+        raise EvaluationError(
+            f"{path} holds raw logs (events/, orders/), not transitions: run "
+            f"`ecomrl etl --input {path} --out DATA` and evaluate DATA"
+        )
     manifest: dict[str, Any] = {}
+    files = [path]
     if path.is_dir():
-        manifest_path = path / "_manifest.json"
-        if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = _read_manifest(path / MANIFEST_NAME)
         root = path / "transitions" if (path / "transitions").is_dir() else path
         files = sorted(root.rglob("*.parquet"))
         if not files:
             raise EvaluationError(f"no Parquet transitions under {root}")
-        frame = pl.concat(
-            [pl.read_parquet(f, hive_partitioning=False) for f in files], how="vertical_relaxed"
-        )
-    else:
-        frame = pl.read_parquet(path)
+    frame = pl.concat([_read_parquet(f) for f in files], how="vertical_relaxed")
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise EvaluationError(f"{path}: not transitions, the columns {missing} are missing")
     log.info("transitions loaded", path=str(path), rows=frame.height)
     return TransitionsDataset(frame=frame, manifest=manifest, path=path)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvaluationError(f"{path}: cannot read the manifest: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EvaluationError(f"{path}: a manifest is a JSON object")
+    return data
+
+
+def _read_parquet(file: Path) -> pl.DataFrame:
+    try:
+        return pl.read_parquet(file, hive_partitioning=False)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise EvaluationError(f"{file}: cannot read it as Parquet: {exc}") from exc

@@ -30,12 +30,11 @@ import structlog
 from numpy.typing import NDArray
 
 from etl.errors import EtlError
-from etl.manifest import ContinuousActionSpace, DiscreteActionSpace, Manifest
+from etl.manifest import MANIFEST_NAME, ContinuousActionSpace, DiscreteActionSpace, Manifest
 from offline_rl.errors import TrainingError
 
 log = structlog.get_logger(__name__)
 
-MANIFEST_NAME = "_manifest.json"
 REQUIRED_COLUMNS = (
     "episode_id",
     "step",
