@@ -19,7 +19,8 @@ import numpy as np
 import polars as pl
 import structlog
 
-from etl.manifest import MANIFEST_NAME
+from etl.errors import EtlError
+from etl.manifest import MANIFEST_NAME, DiscreteActionSpace, as_action_space
 from evaluation.errors import EvaluationError
 
 log = structlog.get_logger(__name__)
@@ -49,17 +50,17 @@ class ActionSpace:
 
     @classmethod
     def from_manifest(cls, spec: dict[str, Any]) -> ActionSpace:
-        """Parse the manifest's ``action_space`` entry."""
-        kind = spec.get("type")
-        if kind == "discrete":
-            labels = tuple(str(x) for x in spec.get("labels", []))
-            return cls(type="discrete", n=int(spec.get("n", len(labels))), labels=labels)
-        if kind == "continuous":
-            low, high = spec.get("low", [0.0]), spec.get("high", [1.0])
-            low_v = float(low[0] if isinstance(low, list) else low)
-            high_v = float(high[0] if isinstance(high, list) else high)
-            return cls(type="continuous", low=low_v, high=high_v)
-        raise EvaluationError(f"manifest action_space has unknown type {kind!r}")
+        """The evaluation's view of the manifest's ``action_space``, validated by the typed
+        contract (:func:`etl.manifest.as_action_space`)."""
+        try:
+            space = as_action_space(spec)
+        except EtlError as exc:
+            raise EvaluationError(f"manifest {exc}") from exc
+        if isinstance(space, DiscreteActionSpace):
+            return cls(type="discrete", n=space.n, labels=space.labels)
+        if space.size != 1:
+            raise EvaluationError("continuous action spaces of one dimension only")
+        return cls(type="continuous", low=space.low[0], high=space.high[0])
 
 
 @dataclass(frozen=True, eq=False)
