@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ecomrl.commands._options import Overrides
+
 
 def _summary(counts: dict[str, Any], n_transitions: int, out: Path) -> str:
     lines = [f"wrote {n_transitions} transitions to {out}"]
@@ -26,7 +28,8 @@ def _summary(counts: dict[str, Any], n_transitions: int, out: Path) -> str:
         )
         for kind in ("quarantined", "dropped"):
             for reason, n in c[kind].items():
-                lines.append(f"            {kind} {reason}: {n}")
+                share = n / c["rows_in"] if c["rows_in"] else 0.0
+                lines.append(f"            {kind} {reason}: {n} ({share:.2%} of {table})")
     return "\n".join(lines)
 
 
@@ -106,6 +109,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--master", help="Spark master URL for --engine spark (local[N], "
                          "spark://host:7077, yarn, ...); overrides etl.spark.master."),
         ] = None,
+        overrides: Overrides = None,
     ) -> None:
         """Validate, clean and attribute raw logs, build states as of each decision, and write
         the transition dataset with its manifest. Prints how every input row was accounted for
@@ -114,7 +118,7 @@ def register(app: typer.Typer) -> None:
         from etl.errors import EtlError
         from etl.pipeline import run_etl
 
-        cfg = load_config(config).etl
+        cfg = load_config(config, overrides or ()).etl
         for flag, field, value in (("--buckets", "n_buckets", buckets),
                                    ("--workers", "workers", workers)):
             if value is None:

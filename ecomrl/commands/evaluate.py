@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 
 
@@ -45,6 +46,7 @@ def register(app: typer.Typer) -> None:
                 help="TOML config file; its evaluate and approval tables are used.",
             ),
         ] = None,
+        overrides: Overrides = None,
     ) -> None:
         """Estimate what each candidate policy would earn, from the logs alone, and judge it.
 
@@ -61,7 +63,7 @@ def register(app: typer.Typer) -> None:
         """
         from evaluation.evaluate import evaluate_candidates
 
-        cfg = load_config(config)
+        cfg = load_config(config, overrides or ())
         result = evaluate_candidates(
             data, list(policy), config=cfg.evaluate, approval=cfg.approval, data_path=data
         )

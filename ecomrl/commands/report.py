@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 from ecomrl.logging import emit_result
 
@@ -78,6 +79,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--config", help="TOML config file (validated; report needs no keys)."),
         ] = None,
+        overrides: Overrides = None,
     ) -> None:
         """Write the policy-approval report of an evaluation and print its verdict."""
         from evaluation.report import render_report
@@ -85,7 +87,7 @@ def register(app: typer.Typer) -> None:
         from evaluation.report.inputs import report_inputs_from_run
         from evaluation.report.sources import read_json
 
-        load_config(config)
+        load_config(config, overrides or ())
         ope_path = evaluation / "ope.json" if evaluation.is_dir() else evaluation
         if not ope_path.is_file():
             raise ReportError(

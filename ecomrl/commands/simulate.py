@@ -9,6 +9,7 @@ import polars as pl
 import typer
 from pydantic import ValidationError
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 from simulator import (
     SAMPLE_CONFIGS,
@@ -92,6 +93,7 @@ def register(app: typer.Typer) -> None:
                 + " (ignores the other options).",
             ),
         ] = None,
+        settings: Overrides = None,
     ) -> None:
         """Simulate users of a web shop under the stochastic logging policy and write the raw
         logs real sites have (events and order lines, no transitions), with a summary.
@@ -103,8 +105,8 @@ def register(app: typer.Typer) -> None:
             for name, path in written.items():
                 typer.echo(f"{name}: {path}")
             return
-        base = load_config(config).simulator
-        overrides: dict[str, Any] = {
+        base = load_config(config, settings or ()).simulator
+        options: dict[str, Any] = {
             "scenario": scenario,
             "action_space": action_space,
             "n_users": n_users,
@@ -112,10 +114,10 @@ def register(app: typer.Typer) -> None:
             "days": days,
         }
         if no_propensity:
-            overrides["log_propensity"] = False
+            options["log_propensity"] = False
         if dirt:
-            overrides["dirt"] = DirtConfig.all_on().model_dump()
-        cfg = _apply_overrides(base, overrides)
+            options["dirt"] = DirtConfig.all_on().model_dump()
+        cfg = _apply_overrides(base, options)
         logs = simulate(cfg, progress=True)
         if out is not None:
             write_raw_logs(logs, out)

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from ecomrl.commands._options import Overrides
 from ecomrl.config import load_config
 from ecomrl.logging import emit_result
 
@@ -70,6 +71,7 @@ def register(app: typer.Typer) -> None:
                 "Default: the config's train device (auto).",
             ),
         ] = None,
+        overrides: Overrides = None,
     ) -> None:
         """Train an offline RL policy (DiscreteCQL/BCQ/BC or CQL/BCQ/BC) from logged decisions.
 
@@ -83,7 +85,7 @@ def register(app: typer.Typer) -> None:
         from offline_rl.errors import TrainingError
         from offline_rl.train import train
 
-        cfg = load_config(config).train
+        cfg = load_config(config, overrides or ()).train
         updates: dict[str, object] = {}
         if agent is not None:
             updates["agent"] = agent

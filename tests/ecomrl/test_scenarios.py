@@ -167,3 +167,23 @@ def test_notebook_api_runs_the_recommendation_scenario(tmp_path: Path) -> None:
     assert inputs.data is not None and inputs.data.scenario == "recommendation"
     paths = render_report(inputs, tmp_path / "report")
     assert "discrete: 8 actions (cat_00" in Path(paths.html).read_text()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["etl", "--input", "x", "--out", "y"],
+        ["import", "--input", "x", "--out", "y"],
+        ["train", "--data", "x", "--out", "y"],
+        ["evaluate", "--data", "x", "--policy", "rule:uniform", "--out", "y"],
+        ["report", "--evaluation", "x", "--out", "y"],
+        ["simulate", "--n-users", "5"],
+        ["run", "--date", "2026-02-01"],
+        ["demo"],
+    ],
+)
+def test_every_command_reads_set_overrides(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--set", "train.n_stepz=3"]) == EXIT_USER_ERROR
+    assert "unknown key 'train.n_stepz'" in capsys.readouterr().err
