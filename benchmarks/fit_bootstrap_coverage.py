@@ -3,10 +3,11 @@
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.fit_bootstrap_coverage \
         [--datasets 200] [--episodes 500] [--resamples 200] [--seed 2026]
 
-The tabular MDP of ``evaluation.synthetic`` (4 states x 3 actions, at most 5 decisions, one-hot
-observations; exact values by dynamic programming). For each of M independent logged datasets
-of N episodes and each candidate, ridge fitted Q evaluation with step interactions (the model
-class contains the true Q) is fitted on the dataset and the 95 % intervals are compared:
+The tabular MDP of ``evaluation.testing.synthetic`` (4 states x 3 actions, at most 5
+decisions, one-hot observations; exact values by dynamic programming). For each of M
+independent logged datasets of N episodes and each candidate, ridge fitted Q evaluation with
+step interactions (the model class contains the true Q) is fitted on the dataset and the 95 %
+intervals are compared:
 
 * ``dm fixed fit``: the episode bootstrap of ``evaluation.intervals.summarise`` (Poisson
   resamples, BCa) on the direct method's per-episode contributions, the model held fixed;
@@ -35,7 +36,7 @@ from evaluation.data import EpisodeData
 from evaluation.estimators import DirectMethod, DoublyRobust, FittedQEvaluation, OPEInput
 from evaluation.fit_bootstrap import fit_bootstrap_dm
 from evaluation.intervals import summarise
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 CONFIG = DirectMethodConfig(model="ridge", step_interactions=True, ridge_alpha=1e-3)
 METHODS = (

@@ -45,7 +45,7 @@ from evaluation.estimators import (
 from evaluation.estimators.marginal import marginal_bootstrap
 from evaluation.improvement import paired_difference
 from evaluation.intervals import ResampleCounts, percentile_interval, summarise
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 METHODS = (
     "mis fixed ratios (BCa)",

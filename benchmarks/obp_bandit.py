@@ -3,7 +3,7 @@
 The Open Bandit Dataset paper's protocol (Saito et al. 2021): the estimators see B = 30
 bootstrap resamples of the logged rounds; each estimate's relative estimation error
 ``|V_hat - V| / V`` against the known truth is averaged over the resamples (and here over the
-candidates as well). The logs come from :mod:`evaluation.synthetic_bandit` (K items, rare
+candidates as well). The logs come from :mod:`evaluation.testing.synthetic_bandit` (K items, rare
 clicks, a personal taste that interacts user and item), with a uniform and a non-uniform
 logging policy, and three candidates per logging policy. Both libraries see the same rounds:
 this process writes every resample to an ``.npz`` file and runs obp in its own virtual
@@ -148,7 +148,7 @@ def _ecomrl_run(task: Path) -> dict[str, float]:
 
 # --------------------------------------------------------------------------- the protocol
 def _settings(items: int) -> list[dict[str, Any]]:
-    from evaluation.synthetic_bandit import BanditWorld
+    from evaluation.testing.synthetic_bandit import BanditWorld
 
     world = BanditWorld.make(items, base=-4.0, seed=0)
     candidates = {
@@ -173,7 +173,7 @@ def _settings(items: int) -> list[dict[str, Any]]:
 
 
 def _write_tasks(setting: dict[str, Any], rounds: int, n_boot: int, folder: Path) -> list[Path]:
-    from evaluation.synthetic_bandit import simulate_logs
+    from evaluation.testing.synthetic_bandit import simulate_logs
 
     logs = simulate_logs(setting["world"], setting["logging"], rounds, seed=7)
     rng = np.random.default_rng(11)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.ope_truth [--small] [--datasets M] [--episodes N]
 
-A tabular MDP (``evaluation.synthetic``; episode lengths depend on the actions, at most 5
+A tabular MDP (``evaluation.testing.synthetic``; episode lengths depend on the actions, at most 5
 decisions) with exact values by dynamic programming. For each of M independent logged datasets
 of N episodes (softmax logging policy) and each candidate (the logging policy itself, policies
 close to and far from it, uniform, constant rules), every estimator is run with the model fitted
@@ -38,7 +38,7 @@ from evaluation.estimators import (
     WeightedPerDecisionIS,
 )
 from evaluation.intervals import summarise
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from offline_rl._quiet import import_d3rlpy
 from offline_rl.agents import AGENT_CONFIGS
 from offline_rl.data import to_arrays, to_mdp_dataset
 from offline_rl.fast_loop import FastTrainer, compile_update, to_tensors
-from offline_rl.synthetic import make_transitions
+from offline_rl.testing.synthetic import make_transitions
 from offline_rl.train import build_algo, resolve_device
 
 d3rlpy = import_d3rlpy()

@@ -3,9 +3,10 @@
 A trained policy reads observations as the features it was trained on, scaled as they were
 then. ``data.json`` in the artifact folder records the training manifest's feature names,
 action space, scaling and path (``offline_rl.train``); artifacts written before the scaling was
-recorded there are checked against that training manifest when it is still there. Evaluating on a dataset whose manifest differs would feed the policy
-other numbers than it learned on, without a word: :func:`check_artifact_data` refuses it
-(``EvaluationError``, exit 2) and names every difference.
+recorded there are checked against that training manifest when it is still there. Evaluating
+on a dataset whose manifest differs would feed the policy other numbers than it learned on,
+without a word: :func:`check_artifact_data` refuses it (``EvaluationError``, exit 2) and names
+every difference.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ Pure, vectorised numpy operators over a batch of decisions (one row per state, `
 and, for tabular checks against exact dynamic programming, the maximum-likelihood MDP of logged
 episodes (:func:`estimate_tabular_mdp`) and SPIBB / Soft-SPIBB policy iteration in it
 (:func:`spibb_tabular`, :func:`soft_spibb_tabular`). Library code: imports no ``evaluation``;
-any object with the attributes of :class:`TabularModelLike` (``evaluation.synthetic.TabularMDP``
-or :class:`TabularModel`) can be planned in.
+any object with the attributes of :class:`TabularModelLike`
+(``evaluation.testing.synthetic.TabularMDP`` or :class:`TabularModel`) can be planned in.
 
 Conventions of the tabular part (episodic MDP, stationary policies):
 
@@ -260,7 +260,8 @@ def _transfer_from(
 # ----------------------------------------------------------------------------- tabular MDPs
 class TabularModelLike(Protocol):
     """What planning needs: ``initial[s]``, ``transition[s, a, s']``, ``end[s, a]``,
-    ``reward_mean[s, a]`` (``evaluation.synthetic.TabularMDP`` and :class:`TabularModel`)."""
+    ``reward_mean[s, a]`` (``evaluation.testing.synthetic.TabularMDP`` and
+    :class:`TabularModel`)."""
 
     @property
     def initial(self) -> FloatArray: ...
@@ -277,7 +278,7 @@ class TabularModelLike(Protocol):
 
 @dataclass(frozen=True)
 class TabularModel:
-    """A maximum-likelihood tabular MDP, in ``evaluation.synthetic.TabularMDP``'s layout.
+    """A maximum-likelihood tabular MDP, in ``evaluation.testing.synthetic.TabularMDP``'s layout.
 
     ``initial[s]``, ``transition[s, a, s']`` (given no end), ``end[s, a]`` (probability that the
     episode ends after the decision), ``reward_mean[s, a]``, and the ``counts[s, a]`` of logged

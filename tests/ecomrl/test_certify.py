@@ -1,6 +1,6 @@
 """Certified candidates end to end on synthetic logs with a known reward: select, then test.
 
-``offline_rl.synthetic.make_transitions`` logs episodes whose reward is
+``offline_rl.testing.synthetic.make_transitions`` logs episodes whose reward is
 ``obs @ effects[action]`` plus small noise and whose states do not depend on the actions, so
 the exact gain of any policy over the logging policy on the logged states is a plug-in sum
 with the true ``q``, independent of every estimator.
@@ -24,7 +24,7 @@ from evaluation.evaluate import evaluate_candidates
 from offline_rl.certified import CertifiedPolicy
 from offline_rl.config import CertifyConfig
 from offline_rl.data import TransitionManifest
-from offline_rl.synthetic import logging_weights, make_transitions, softmax
+from offline_rl.testing.synthetic import logging_weights, make_transitions, softmax
 
 N_FEATURES, N_ACTIONS, SEED = 6, 4, 3
 DAY = dt.date(2026, 2, 20)

@@ -12,7 +12,7 @@ import pytest
 from etl import EtlConfig, StepImportConfig, build_transitions, import_steps
 from etl.errors import EtlError
 from etl.manifest import ContinuousActionSpace, DiscreteActionSpace, Manifest
-from offline_rl.synthetic import make_transitions
+from offline_rl.testing.synthetic import make_transitions
 from simulator import SimulatorConfig, simulate
 
 

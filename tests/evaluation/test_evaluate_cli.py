@@ -13,7 +13,7 @@ import pytest
 from ecomrl.cli import main
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import evaluate_candidates
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 MDP = TabularMDP.random(seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

@@ -16,7 +16,7 @@ from evaluation.data import EpisodeData
 from evaluation.estimators import DirectMethod, FittedQEvaluation, OPEInput
 from evaluation.fit_bootstrap import fit_bootstrap_dm, resample_rows
 from evaluation.intervals import summarise
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 MDP = TabularMDP.random(n_states=4, n_actions=3, horizon=5, seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

@@ -18,7 +18,7 @@ from evaluation.estimators import DoublyRobust, OnPolicyValue, OPEInput, Weighte
 from evaluation.evaluate import evaluate_candidates
 from evaluation.improvement import paired_difference, power_analysis
 from evaluation.intervals import summarise
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 MDP = TabularMDP.random(n_states=4, n_actions=3, horizon=5, seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

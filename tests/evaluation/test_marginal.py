@@ -25,7 +25,7 @@ from evaluation.estimators import (
     OPEInput,
     PerDecisionIS,
 )
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 MDP = TabularMDP.random(n_states=4, n_actions=3, horizon=5, seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

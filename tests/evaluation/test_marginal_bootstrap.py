@@ -23,7 +23,7 @@ from evaluation.estimators import marginal as marginal_module
 from evaluation.estimators.marginal import fit_ratio, fit_ratios_weighted, marginal_bootstrap
 from evaluation.fit_bootstrap import resample_rows
 from evaluation.intervals import percentile_interval, poisson_counts, resample_counts
-from evaluation.synthetic import TabularMDP, mix, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, mix, softmax_policy
 
 MDP = TabularMDP.random(n_states=4, n_actions=3, horizon=5, seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

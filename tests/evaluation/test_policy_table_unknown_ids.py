@@ -14,7 +14,7 @@ from ecomrl.cli import main
 from evaluation.candidates import DEFAULT_MAX_UNKNOWN_SHARE, TablePolicy, parse_policy_spec
 from evaluation.data import EpisodeData
 from evaluation.errors import EvaluationError
-from evaluation.synthetic import TabularMDP, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, softmax_policy
 
 MDP = TabularMDP.random(seed=1)
 BEHAVIOUR = softmax_policy(np.random.default_rng(0).normal(size=(4, 3)))

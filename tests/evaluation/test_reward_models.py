@@ -12,7 +12,7 @@ from evaluation.errors import EvaluationError
 from evaluation.estimators.direct import FittedQEvaluation, resolve_model
 from evaluation.estimators.reward_models import joint_design, joint_scores
 from evaluation.evaluate import evaluate_candidates
-from evaluation.synthetic_bandit import BanditWorld, simulate_logs
+from evaluation.testing.synthetic_bandit import BanditWorld, simulate_logs
 
 
 class Given(Candidate):

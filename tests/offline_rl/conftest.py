@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from offline_rl.data import TransitionManifest
-from offline_rl.synthetic import make_transitions, write_dataset
+from offline_rl.testing.synthetic import make_transitions, write_dataset
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ import pytest
 from offline_rl.agents.bcq import DiscreteBCQConfig
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest
-from offline_rl.synthetic import make_transitions
+from offline_rl.testing.synthetic import make_transitions
 from offline_rl.train import train_on_frame
 
 

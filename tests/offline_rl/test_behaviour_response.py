@@ -15,7 +15,7 @@ from offline_rl.behaviour import (
 )
 from offline_rl.config import BehaviourConfig, ResponseConfig
 from offline_rl.response import ResponseModel
-from offline_rl.synthetic import logging_weights, make_transitions, softmax
+from offline_rl.testing.synthetic import logging_weights, make_transitions, softmax
 
 DISCRETE = {"type": "discrete", "n": 4}
 CONTINUOUS = {"type": "continuous", "low": [0.0], "high": [0.3]}

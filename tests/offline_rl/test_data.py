@@ -17,7 +17,7 @@ from offline_rl.data import (
     validate_transitions,
 )
 from offline_rl.errors import TrainingError
-from offline_rl.synthetic import make_transitions, write_dataset
+from offline_rl.testing.synthetic import make_transitions, write_dataset
 
 
 def test_load_sorts_partitions_and_hashes_the_manifest(

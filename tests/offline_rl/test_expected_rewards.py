@@ -15,7 +15,7 @@ from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
 from offline_rl.errors import TrainingError
 from offline_rl.response import ResponseModel, crossfit_expected_rewards
-from offline_rl.synthetic import make_purchase_bandit, make_transitions
+from offline_rl.testing.synthetic import make_purchase_bandit, make_transitions
 from offline_rl.train import reward_source, train_on_frame
 
 PURCHASE = 30.0

@@ -19,7 +19,7 @@ from offline_rl.agents import (
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig
 from offline_rl.data import TransitionManifest, to_arrays
-from offline_rl.synthetic import make_purchase_bandit, make_transitions
+from offline_rl.testing.synthetic import make_purchase_bandit, make_transitions
 from offline_rl.train import reward_multiplier, train_on_frame
 
 PURCHASE = 30.0

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from evaluation.synthetic import TabularMDP, softmax_policy
+from evaluation.testing.synthetic import TabularMDP, softmax_policy
 from offline_rl.errors import TrainingError
 from offline_rl.spibb import (
     discounted_occupancy,
@@ -216,7 +216,7 @@ def test_mle_mdp_recovers_the_truth_and_plans_like_tabular_mdp() -> None:
     assert np.max(np.abs(model.end - MDP.end)[seen]) < 0.05
     assert np.max(np.abs(model.reward_mean - MDP.reward_mean)[seen]) < 0.1
     assert model.value(BEHAVIOUR) == pytest.approx(MDP.value(BEHAVIOUR), abs=0.05)
-    # the same dynamic programme as evaluation.synthetic's
+    # the same dynamic programme as evaluation.testing.synthetic's
     as_mdp = TabularMDP(
         model.initial, model.transition, model.end, model.reward_mean, 0.0, H, GAMMA
     )

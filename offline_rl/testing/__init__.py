@@ -1,0 +1,2 @@
+"""Test-data generators with known answers (synthetic transitions and bandits): used by the
+tests and the benchmarks, never by the pipeline."""
