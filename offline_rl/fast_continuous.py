@@ -48,7 +48,8 @@ def _split_encoder(encoder: Any) -> tuple[nn.Linear, list[nn.Module]] | None:
 CHUNK_ROWS = 1024
 """Rows per block of the repeated evaluations: a block's hidden activations (1,024 x 256 floats,
 1 MiB) stay in a core's L2 cache between the matrix product and the activation, where BCQ's
-full 10,000-row pass goes through memory every time (measured 1.3x faster at 1,024 rows)."""
+full 10,000-row pass goes through memory every time (``offline_rl/README.md``, "Measured
+speed")."""
 
 
 def repeated_forward(encoder: Any, head: nn.Linear, obs: torch.Tensor, extra: torch.Tensor) -> Any:
@@ -164,9 +165,9 @@ def install_fast_terms(algo: Any) -> bool:
     any other agent or network layout.
 
     CQL's one-pass conservative term (``cql_conservative_loss``, tested equal to d3rlpy's) is
-    not installed: it measured no faster than d3rlpy's (60-62 ms an update either way, quiet
-    machine), because the critics' second-layer products, which it cannot remove, are half of
-    d3rlpy's update (``offline_rl/README.md``, "Measured speed")."""
+    not installed: it measured no faster than d3rlpy's, because the critics' second-layer
+    products, which it cannot remove, are half of d3rlpy's update (``offline_rl/README.md``,
+    "Measured speed")."""
     from d3rlpy.algos.qlearning.torch.bcq_impl import BCQImpl
 
     impl = algo.impl

@@ -206,9 +206,9 @@ def numpy_batch(fields: dict[str, NDArray[np.float32]], indices: NDArray[np.int6
 
 
 COMPILE_AUTO_MIN_STEPS = 5_000
-"""``compile = "auto"`` compiles a run with at least this many steps left to train: at ~1.6x the
-fast loop's updates per second, 25-40 s of compilation pays for itself within a few thousand
-steps."""
+"""``compile = "auto"`` compiles a run with at least this many steps left to train, where the
+faster updates repay the 25-40 s of compilation (the ratios: ``python -m
+benchmarks.train_speed``, and ``offline_rl/README.md``, "Measured speed")."""
 
 
 def compile_update(algo: Any) -> bool:
