@@ -402,9 +402,65 @@ def train_on_frame(
     validate_transitions(frame, manifest)
     torch.set_num_threads(config.torch_threads)
     agent = resolve_agent(config, manifest)
-    device = resolve_device(config.device)
-    gamma = config.gamma if config.gamma is not None else manifest.gamma
+    data = _training_data(frame, manifest, config, agent)
+    run = _start_run(data, manifest, config, agent, out, resume=resume, init_from=init_from)
+    began = time.perf_counter()
+    if run.trainer is not None:
+        _run_fast(run.trainer, run.algo, run.start, config, run.curves, out, agent,
+                  data.fingerprint, progress)
+    else:
+        _run_stock(run.algo, data.train_arrays, run.start, config, run.curves, out, agent,
+                   data.fingerprint)
+    speed = (config.n_steps - run.start) / max(time.perf_counter() - began, 1e-9)
+    validation = (
+        validation_metrics(run.algo, data.valid_arrays, data.gamma, data.multiplier,
+                           learns_values=agent.learns_values)
+        if data.valid_arrays
+        else {}
+    )
+    artifact = _write_trained(run, data, manifest, config, agent, out, validation)
+    log.info("trained", artifact=str(artifact), updates_per_second=round(speed, 1), **validation)
+    return TrainResult(
+        artifact=artifact,
+        agent=agent.name,
+        n_steps=int(run.algo.grad_step),
+        final_losses=run.curves.last,
+        validation=validation,
+        updates_per_second=speed,
+        resumed_from=run.resumed_from,
+        algo=run.algo,
+    )
 
+
+@dataclasses.dataclass(frozen=True)
+class _TrainingData:
+    """The split, the arrays the agent learns from and the numbers fixed before training."""
+
+    train_frame: pl.DataFrame
+    valid_frame: pl.DataFrame
+    train_arrays: TransitionArrays
+    valid_arrays: TransitionArrays | None
+    reward_info: dict[str, Any]
+    gamma: float
+    multiplier: float
+    fingerprint: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Run:
+    """The agent being trained and where its training starts (0, or a checkpoint's step)."""
+
+    algo: Any
+    trainer: FastTrainer | None
+    curves: _Curves
+    start: int
+    resumed_from: int | None
+
+
+def _training_data(
+    frame: pl.DataFrame, manifest: TransitionManifest, config: TrainConfig, agent: AgentConfig
+) -> _TrainingData:
+    gamma = config.gamma if config.gamma is not None else manifest.gamma
     train_frame, valid_frame = split(frame, config.split, config.valid_fraction, config.seed)
     reward_info: dict[str, Any] = {"source": "logged"}
     if reward_source(config, agent) == "expected":
@@ -413,111 +469,105 @@ def train_on_frame(
     if train_arrays.n_transitions == 0:
         raise TrainingError("no training transitions (every episode is a one-step timeout?)")
     valid_arrays = to_arrays(valid_frame, manifest) if valid_frame.height else None
-    multiplier = reward_multiplier(config, train_arrays, agent)
-    fingerprint = _fingerprint(config, agent, manifest, frame.height)
+    return _TrainingData(
+        train_frame, valid_frame, train_arrays, valid_arrays, reward_info, gamma,
+        reward_multiplier(config, train_arrays, agent),
+        _fingerprint(config, agent, manifest, frame.height),
+    )
 
-    from offline_rl._quiet import import_d3rlpy
 
-    d3rlpy = import_d3rlpy()
+def _start_run(
+    data: _TrainingData,
+    manifest: TransitionManifest,
+    config: TrainConfig,
+    agent: AgentConfig,
+    out: Path,
+    *,
+    resume: bool,
+    init_from: Path | str | None,
+) -> _Run:
+    """Build the agent (warm-started, or resumed from the last checkpoint under ``out``)."""
+    from offline_rl._quiet import import_d3rlpy  # torch-free imports of offline_rl stay light
 
-    d3rlpy.seed(config.seed)
+    import_d3rlpy().seed(config.seed)
+    device = resolve_device(config.device)
     on_cuda = device.startswith("cuda")
     algo = build_algo(
-        agent,
-        manifest,
-        gamma=gamma,
-        multiplier=multiplier,
-        device=device,
-        compile_graph=config.compile is True and on_cuda,
-        n_steps=config.n_steps,
+        agent, manifest, gamma=data.gamma, multiplier=data.multiplier, device=device,
+        compile_graph=config.compile is True and on_cuda, n_steps=config.n_steps,
     )
     if init_from is not None and not resume:
         warm_start(algo, Path(init_from), agent.name, manifest)
     trainer = (
-        FastTrainer(algo, to_tensors(train_arrays, algo, device), seed=config.seed)
+        FastTrainer(algo, to_tensors(data.train_arrays, algo, device), seed=config.seed)
         if config.fast_loop
         else None
     )
-    curves = _Curves(config.log_every)
-    start = 0
-    resumed_from: int | None = None
+    run = _Run(algo, trainer, _Curves(config.log_every), 0, None)
     if resume:
-        ckpt = latest_checkpoint(out, agent.name)
-        if ckpt is None:
-            log.warning("resume_without_checkpoint_starting_fresh", out=str(out))
-        else:
-            start, points = _load_checkpoint(ckpt, algo, trainer, fingerprint)
-            curves = _Curves(config.log_every, points)
-            resumed_from = start
-            log.info("resumed", step=start, checkpoint=str(ckpt))
-    if start > config.n_steps:
-        raise TrainingError(f"the checkpoint is at step {start}, beyond n_steps={config.n_steps}")
+        _resume(run, out, agent, config, data.fingerprint)
+    if run.start > config.n_steps:
+        raise TrainingError(
+            f"the checkpoint is at step {run.start}, beyond n_steps={config.n_steps}"
+        )
     compiled = False
-    if _wants_compile(config, config.n_steps - start) and not on_cuda and trainer is not None:
+    if _wants_compile(config, config.n_steps - run.start) and not on_cuda and trainer is not None:
         compiled = compile_update(algo)
-
     log.info(
-        "training",
-        agent=agent.name,
-        device=device,
-        steps=config.n_steps,
-        start=start,
-        transitions=train_arrays.n_transitions,
-        episodes=train_arrays.n_episodes,
-        valid_episodes=valid_arrays.n_episodes if valid_arrays else 0,
-        gamma=gamma,
-        reward_multiplier=multiplier,
-        compiled=compiled,
+        "training", agent=agent.name, device=device, steps=config.n_steps, start=run.start,
+        transitions=data.train_arrays.n_transitions, episodes=data.train_arrays.n_episodes,
+        valid_episodes=data.valid_arrays.n_episodes if data.valid_arrays else 0,
+        gamma=data.gamma, reward_multiplier=data.multiplier, compiled=compiled,
     )
-    began = time.perf_counter()
-    if trainer is not None:
-        _run_fast(trainer, algo, start, config, curves, out, agent, fingerprint, progress)
-    else:
-        _run_stock(algo, train_arrays, start, config, curves, out, agent, fingerprint)
-    elapsed = max(time.perf_counter() - began, 1e-9)
-    speed = (config.n_steps - start) / elapsed
+    return run
 
-    validation = (
-        validation_metrics(algo, valid_arrays, gamma, multiplier,
-                           learns_values=agent.learns_values)
-        if valid_arrays
-        else {}
-    )
-    behaviour = _behaviour_check(train_frame, valid_frame, manifest, config)
-    artifact = write_artifact(
+
+def _resume(
+    run: _Run, out: Path, agent: AgentConfig, config: TrainConfig, fingerprint: dict[str, Any]
+) -> None:
+    ckpt = latest_checkpoint(out, agent.name)
+    if ckpt is None:
+        log.warning("resume_without_checkpoint_starting_fresh", out=str(out))
+        return
+    run.start, points = _load_checkpoint(ckpt, run.algo, run.trainer, fingerprint)
+    run.curves = _Curves(config.log_every, points)
+    run.resumed_from = run.start
+    log.info("resumed", step=run.start, checkpoint=str(ckpt))
+
+
+def _write_trained(
+    run: _Run,
+    data: _TrainingData,
+    manifest: TransitionManifest,
+    config: TrainConfig,
+    agent: AgentConfig,
+    out: Path,
+    validation: dict[str, float],
+) -> Path:
+    behaviour = _behaviour_check(data.train_frame, data.valid_frame, manifest, config)
+    return write_artifact(
         out / agent.name,
-        algo,
+        run.algo,
         config=config,
         agent=agent,
         manifest=manifest,
-        gamma=gamma,
-        multiplier=multiplier,
+        gamma=data.gamma,
+        multiplier=data.multiplier,
         metrics={
-            "curves": curves.points,
+            "curves": run.curves.points,
             "validation": validation,
-            "train_transitions": train_arrays.n_transitions,
-            "train_episodes": train_arrays.n_episodes,
-            "valid_episodes": valid_arrays.n_episodes if valid_arrays else 0,
+            "train_transitions": data.train_arrays.n_transitions,
+            "train_episodes": data.train_arrays.n_episodes,
+            "valid_episodes": data.valid_arrays.n_episodes if data.valid_arrays else 0,
             "behaviour_check": behaviour,
-            "reward_source": reward_info,
+            "reward_source": data.reward_info,
         },
         split_info={
             "split": config.split,
             "valid_fraction": config.valid_fraction,
-            "train_rows": train_frame.height,
-            "valid_rows": valid_frame.height,
+            "train_rows": data.train_frame.height,
+            "valid_rows": data.valid_frame.height,
         },
-    )
-    log.info("trained", artifact=str(artifact), updates_per_second=round(speed, 1), **validation)
-    return TrainResult(
-        artifact=artifact,
-        agent=agent.name,
-        n_steps=int(algo.grad_step),
-        final_losses=curves.last,
-        validation=validation,
-        updates_per_second=speed,
-        resumed_from=resumed_from,
-        algo=algo,
     )
 
 
