@@ -337,51 +337,12 @@ class EpisodeData:
         if missing:
             raise EvaluationError(f"transitions lack required column(s): {', '.join(missing)}")
         df = df.sort(["episode_id", "step"], maintain_order=True)
-        action_dtype = df.schema["action"]
-        continuous = isinstance(action_dtype, pl.Array | pl.List) or action_dtype.is_float()
-        if isinstance(action_dtype, pl.Array):
-            action = df.get_column("action").arr.first().to_numpy().astype(np.float64)
-        elif isinstance(action_dtype, pl.List):
-            action = df.get_column("action").list.first().to_numpy().astype(np.float64)
-        elif continuous:
-            action = df.get_column("action").to_numpy().astype(np.float64)
-        else:
-            action = df.get_column("action").to_numpy().astype(np.int64)
-        if action_space is None:
-            if continuous:
-                action_space = ActionSpace(
-                    type="continuous", low=float(action.min()), high=float(action.max())
-                )
-            else:
-                action_space = ActionSpace(type="discrete", n=int(action.max()) + 1)
-        if action_space.is_discrete == continuous:
-            raise EvaluationError(
-                f"the action column is {'continuous' if continuous else 'discrete'} but the "
-                f"action space is {action_space.type}"
-            )
-        if "behaviour_propensity" in df.columns:
-            prop = df.get_column("behaviour_propensity").cast(pl.Float64).to_numpy()
-            prop = np.where(np.isnan(prop), np.nan, prop).astype(np.float64)
-        else:
-            prop = np.full(df.height, np.nan)
-        source = (
-            df.get_column("propensity_source").to_numpy().astype(str)
-            if "propensity_source" in df.columns
-            else np.where(np.isnan(prop), "missing", "logged")
-        )
-        source = np.where(np.isnan(prop), "missing", source)
+        action, action_space = _actions(df, action_space)
+        prop, source = _propensities(df)
         ids = df.get_column("episode_id")
         change = (ids != ids.shift(1)).fill_null(True).to_numpy()
         episode = (np.cumsum(change) - 1).astype(np.int64)
-        observation = None
-        if "observation" in df.columns:
-            obs_col = df.get_column("observation")
-            if isinstance(obs_col.dtype, pl.List):
-                width = obs_col.list.len().max()
-                obs_col = obs_col.list.to_array(int(width or 0))  # type: ignore[arg-type]
-            observation = obs_col.to_numpy().astype(np.float32)
-            if observation.ndim == 1:
-                observation = observation.reshape(-1, 1)
+        observation = _observations(df)
 
         def _bool(name: str, default: np.ndarray) -> np.ndarray:
             if name not in df.columns:
@@ -408,6 +369,62 @@ class EpisodeData:
             episode_id=ids.filter(pl.Series(change)).to_numpy(),
             propensity_source=source,
         )
+
+
+def _actions(
+    df: pl.DataFrame, action_space: ActionSpace | None
+) -> tuple[np.ndarray, ActionSpace]:
+    """The logged actions (float64 continuous: the first dimension; int64 discrete) and the
+    action space (inferred from them when not given; it must agree with their type)."""
+    action_dtype = df.schema["action"]
+    continuous = isinstance(action_dtype, pl.Array | pl.List) or action_dtype.is_float()
+    if isinstance(action_dtype, pl.Array):
+        action = df.get_column("action").arr.first().to_numpy().astype(np.float64)
+    elif isinstance(action_dtype, pl.List):
+        action = df.get_column("action").list.first().to_numpy().astype(np.float64)
+    elif continuous:
+        action = df.get_column("action").to_numpy().astype(np.float64)
+    else:
+        action = df.get_column("action").to_numpy().astype(np.int64)
+    if action_space is None:
+        action_space = (
+            ActionSpace(type="continuous", low=float(action.min()), high=float(action.max()))
+            if continuous
+            else ActionSpace(type="discrete", n=int(action.max()) + 1)
+        )
+    if action_space.is_discrete == continuous:
+        raise EvaluationError(
+            f"the action column is {'continuous' if continuous else 'discrete'} but the "
+            f"action space is {action_space.type}"
+        )
+    return action, action_space
+
+
+def _propensities(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Logged propensities (NaN where unknown) and their source per row."""
+    if "behaviour_propensity" in df.columns:
+        prop = df.get_column("behaviour_propensity").cast(pl.Float64).to_numpy()
+        prop = np.where(np.isnan(prop), np.nan, prop).astype(np.float64)
+    else:
+        prop = np.full(df.height, np.nan)
+    source = (
+        df.get_column("propensity_source").to_numpy().astype(str)
+        if "propensity_source" in df.columns
+        else np.where(np.isnan(prop), "missing", "logged")
+    )
+    return prop, np.where(np.isnan(prop), "missing", source)
+
+
+def _observations(df: pl.DataFrame) -> np.ndarray | None:
+    """(n, d) float32 observations from a list or fixed-size array column, if there is one."""
+    if "observation" not in df.columns:
+        return None
+    obs_col = df.get_column("observation")
+    if isinstance(obs_col.dtype, pl.List):
+        width = obs_col.list.len().max()
+        obs_col = obs_col.list.to_array(int(width or 0))  # type: ignore[arg-type]
+    observation = obs_col.to_numpy().astype(np.float32)
+    return observation.reshape(-1, 1) if observation.ndim == 1 else observation
 
 
 @dataclass(frozen=True)

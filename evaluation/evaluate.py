@@ -467,20 +467,7 @@ def evaluate_candidates(
         scheme=cfg.bootstrap.scheme,
         chunk_size=cfg.bootstrap.chunk_size,
     )
-    behaviour_inp = OPEInput(episodes, episodes.behaviour_propensity.copy())
-    on_policy = OnPolicyValue()
-    b_summary = summarise(
-        [on_policy.episode_statistics(behaviour_inp)],
-        confidence=cfg.confidence,
-        n_resamples=cfg.bootstrap.n_resamples,
-        delta=cfg.lower_bound_delta,
-        seed=cfg.bootstrap.seed,
-        chunk_size=cfg.bootstrap.chunk_size,
-        scheme=cfg.bootstrap.scheme,
-        counts=counts,
-    )[0]
-    behaviour = EstimatorResult.from_summary(on_policy, b_summary, cfg.bootstrap.method)
-
+    behaviour = _behaviour_value(episodes, counts, cfg)
     ctx = _Context(
         episodes, names, skipped, cfg, appr, behaviour, propensity, counts, episodes_per_day,
         dict(selection_notes or {}), FittedQEvaluation(cfg.direct),
@@ -507,6 +494,24 @@ def evaluate_candidates(
         approval_config=appr.model_dump(mode="json"),
         data_path=None if data_path is None else str(data_path),
     )
+
+
+def _behaviour_value(
+    episodes: EpisodeData, counts: ResampleCounts, cfg: EvaluateConfig
+) -> EstimatorResult:
+    """The logging policy's on-policy value, on the resample counts every candidate shares."""
+    on_policy = OnPolicyValue()
+    summary = summarise(
+        [on_policy.episode_statistics(OPEInput(episodes, episodes.behaviour_propensity.copy()))],
+        confidence=cfg.confidence,
+        n_resamples=cfg.bootstrap.n_resamples,
+        delta=cfg.lower_bound_delta,
+        seed=cfg.bootstrap.seed,
+        chunk_size=cfg.bootstrap.chunk_size,
+        scheme=cfg.bootstrap.scheme,
+        counts=counts,
+    )[0]
+    return EstimatorResult.from_summary(on_policy, summary, cfg.bootstrap.method)
 
 
 def _check_artifacts(policies: Sequence[Candidate], manifest: Mapping[str, Any]) -> None:

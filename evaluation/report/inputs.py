@@ -449,17 +449,9 @@ def report_inputs_from_ope(
     raw_chosen = raw_candidates[candidates.index(chosen)]
     verdict_raw = raw_chosen.get("verdict")
     verdict_raw = verdict_raw if isinstance(verdict_raw, Mapping) else {}
-    _, value_rule = _split_checks(verdict_raw.get("checks"))
     approval = ope.get("approval")
     approval = approval if isinstance(approval, Mapping) else {}
-    required = _float(value_rule.get("threshold")) if value_rule else None
-    if required is not None:
-        margin = required - behaviour.value
-    else:
-        margin = max(
-            _float(approval.get("min_improvement")) or 0.0,
-            (_float(approval.get("min_relative_improvement")) or 0.0) * abs(behaviour.value),
-        )
+    margin = _margin(verdict_raw, approval, behaviour.value)
     delta = _float(ope.get("lower_bound_delta"))
     level = 1.0 - delta if delta is not None else (_float(ope.get("confidence")) or 0.95)
     verdict = ReportVerdict(
@@ -475,16 +467,9 @@ def report_inputs_from_ope(
         improvement=_float(verdict_raw.get("improvement")),
         power=_power_sentence(verdict_raw, max(0.0, margin)),
     )
-    notes = [str(n) for n in ope.get("notes", []) if isinstance(n, str)]
     propensity = ope.get("propensity")
     behaviour_model = _behaviour_model(ope.get("behaviour_model"), propensity)
-    if behaviour_model is not None and behaviour_model.propensities_estimated:
-        notes.append(
-            "The importance weights use ESTIMATED propensities: the logs do not carry the "
-            "logging policy's probabilities for every decision (see the behaviour-model check)."
-        )
-    if data is None:
-        notes.append("No data manifest was given: the data section is incomplete.")
+    notes = _notes(ope, behaviour_model, data)
     if data is not None and isinstance(propensity, Mapping) and not data.propensity_source:
         sources = propensity.get("sources")
         if isinstance(sources, Mapping):
@@ -505,6 +490,35 @@ def report_inputs_from_ope(
         selection=_selection(ope.get("selection")),
         holdout=None if ope.get("holdout") is None else str(ope.get("holdout")),
     )
+
+
+def _margin(
+    verdict: Mapping[str, Any], approval: Mapping[str, Any], behaviour_value: float
+) -> float:
+    """The margin the gate applied: read off the value rule's threshold (behaviour value plus
+    margin), else recomputed from the approval config."""
+    _, value_rule = _split_checks(verdict.get("checks"))
+    required = _float(value_rule.get("threshold")) if value_rule else None
+    if required is not None:
+        return required - behaviour_value
+    return max(
+        _float(approval.get("min_improvement")) or 0.0,
+        (_float(approval.get("min_relative_improvement")) or 0.0) * abs(behaviour_value),
+    )
+
+
+def _notes(
+    ope: Mapping[str, Any], behaviour_model: BehaviourModelCheck | None, data: DataSummary | None
+) -> list[str]:
+    notes = [str(n) for n in ope.get("notes", []) if isinstance(n, str)]
+    if behaviour_model is not None and behaviour_model.propensities_estimated:
+        notes.append(
+            "The importance weights use ESTIMATED propensities: the logs do not carry the "
+            "logging policy's probabilities for every decision (see the behaviour-model check)."
+        )
+    if data is None:
+        notes.append("No data manifest was given: the data section is incomplete.")
+    return notes
 
 
 def report_inputs_from_run(
