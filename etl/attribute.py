@@ -35,6 +35,8 @@ def reward_kind(config: EtlConfig) -> str:
     """The reward definition in force (``auto`` resolved by scenario)."""
     if config.reward != "auto":
         return config.reward
+    if config.outcomes.columns():
+        return "weighted"
     return "weighted" if config.scenario == "recommendation" else "net_margin"
 
 
@@ -99,9 +101,10 @@ def attribute(
     )
 
     kind = reward_kind(config)
+    outcomes = config.outcomes.columns()
     acts = pl.DataFrame(schema={"decision_id": pl.String, "clicks": pl.Int64, "carts": pl.Int64,
                                 "buys": pl.Int64})
-    if kind == "weighted":
+    if kind == "weighted" and not {"click", "add_to_cart", "purchase"} <= set(outcomes):
         ev = events.filter(pl.col("event_type").is_in(["click", "add_to_cart", "purchase"]))
         ev = ev.select(
             USER, SESSION, "event_type", pl.col("event_ts").dt.epoch("us").alias("_ets")
@@ -115,12 +118,14 @@ def attribute(
         )
 
     out = (
-        decisions.select("decision_id")
+        decisions.select("decision_id", *_outcome_values(outcomes))
         .join(placed_sum, on="decision_id", how="left", maintain_order="left")
         .join(rev_sum, on="decision_id", how="left", maintain_order="left")
         .join(acts, on="decision_id", how="left", maintain_order="left")
         .with_columns(pl.exclude("decision_id").fill_null(0))
     )
+    if outcomes:
+        out = out.with_columns(_outcome_parts(outcomes))
     revenue = pl.col("rev") / MICRO
     net_margin = (pl.col("mar") - pl.col("dis") - pl.col("ret")) / MICRO
     net_revenue = (pl.col("rev") - pl.col("rev_back")) / MICRO
@@ -141,3 +146,33 @@ def attribute(
         (pl.col("dis") / MICRO).alias("discount_cost"),
         (pl.col("ret") / MICRO).alias("returns"),
     )
+
+
+def _outcome_values(outcomes: dict[str, str]) -> list[pl.Expr]:
+    """The outcome columns of the decision rows (``[etl.outcomes]``) as ``_o_<part>`` float64,
+    null and non-finite values as 0; revenue in micro-units of the reporting currency."""
+    exprs: list[pl.Expr] = []
+    for part, col in outcomes.items():
+        v = pl.col(col).cast(pl.Float64)
+        v = pl.when(v.is_finite()).then(v).otherwise(0.0)
+        if part == "revenue":
+            v = _money(v * pl.col("_fx"))
+        exprs.append(v.alias(f"_o_{part}"))
+    return exprs
+
+
+def _outcome_parts(outcomes: dict[str, str]) -> list[pl.Expr]:
+    """The reward parts the outcome columns replace: clicks, carts, purchases (``buys``, with no
+    placed line counted then) and revenue (with no reversal)."""
+    exprs: list[pl.Expr] = []
+    if "click" in outcomes:
+        exprs.append(pl.col("_o_click").alias("clicks"))
+    if "add_to_cart" in outcomes:
+        exprs.append(pl.col("_o_add_to_cart").alias("carts"))
+    if "purchase" in outcomes:
+        exprs += [(pl.col("_o_purchase") > 0).cast(pl.Int64).alias("buys"),
+                  pl.lit(0, dtype=pl.UInt32).alias("n_lines")]
+    if "revenue" in outcomes:
+        exprs += [pl.col("_o_revenue").alias("rev"), pl.lit(0, dtype=pl.Int64).alias("rev_back")]
+    return exprs
+

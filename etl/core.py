@@ -50,6 +50,7 @@ from etl.schema import (
     SOURCE_FILE,
     TS,
 )
+from etl.source import decision_id_fill, source_columns
 from etl.validate import (
     ACTION_IDX,
     ACTION_VAL,
@@ -127,9 +128,9 @@ def normalize_frame(
         else:
             exprs.append(pl.lit(None, dtype=pl.Float64 if space.continuous else pl.String)
                          .alias("action"))
-        for ctx in config.context_columns:
-            exprs.append(pl.col(ctx).cast(pl.String) if ctx in frame.columns
-                         else pl.lit(None, dtype=pl.String).alias(ctx))
+        for col, dtype in source_columns(config).items():
+            exprs.append(pl.col(col).cast(dtype) if col in frame.columns
+                         else pl.lit(None, dtype=dtype).alias(col))
     ts_col = "event_ts" if table == "events" else "order_ts"
     out = frame.select(
         *exprs,
@@ -140,12 +141,19 @@ def normalize_frame(
     out = out.with_columns(
         pl.coalesce(pl.col("ingest_ts"), pl.col(ts_col)).dt.date().alias(PART_DATE)
     )
-    return with_codes(out, table, space)
+    return with_codes(out, table, space, config)
 
 
-def with_codes(frame: pl.DataFrame, table: str, space: ActionSpace) -> pl.DataFrame:
-    """Add the action codes (events) the validation and features need."""
-    if table == "events" and ACTION_IDX not in frame.columns:
+def with_codes(frame: pl.DataFrame, table: str, space: ActionSpace,
+               config: EtlConfig | None = None) -> pl.DataFrame:
+    """Add the action codes (events) the validation and features need, and the decision ids
+    of impression decisions (``[etl.decisions]``: the event id when none is logged)."""
+    if table != "events":
+        return frame
+    fill = decision_id_fill(config) if config is not None else []
+    if fill:
+        frame = frame.with_columns(fill)
+    if ACTION_IDX not in frame.columns:
         return frame.with_columns(encode_action(space))
     return frame
 
@@ -395,7 +403,7 @@ def _stitched_ids(parts: Sequence[pl.LazyFrame], workers: int) -> pl.Series:
 def _valid(lf: pl.LazyFrame, table: str, config: EtlConfig, space: ActionSpace,
            as_of_end_us: int | None) -> pl.LazyFrame:
     if table == "events":
-        return lf.with_columns(encode_action(space)).filter(
+        return lf.with_columns(*decision_id_fill(config), *encode_action(space)).filter(
             is_valid(event_reason(config, space, as_of_end_us))
         )
     return lf.filter(is_valid(order_reason(config, as_of_end_us)))
@@ -558,12 +566,12 @@ def transform_partition(
     """
     space = g.space
     spec = FeatureSpec.from_config(config, space)
-    events = with_codes(events, "events", space)
+    events = with_codes(events, "events", space, config)
     events = events.with_columns(event_reason(config, space, g.as_of_end_us))
     orders = orders.with_columns(order_reason(config, g.as_of_end_us))
     bad_ev = events.filter(pl.col(REASON).is_not_null())
     bad_od = orders.filter(pl.col(REASON).is_not_null())
-    ctx = list(config.context_columns)
+    ctx = list(source_columns(config))
     quarantine = pl.concat([
         quarantine_rows(bad_ev, "events", ["action", *ctx]),
         quarantine_rows(bad_od, "orders", []),
@@ -585,10 +593,12 @@ def transform_partition(
 
     # decisions of a session that turned bot stay in the feature history (the online hook cannot
     # know the future) but make no transitions
-    all_decisions = prepare_decisions(ev.select(
-        "decision_id", "event_type", "event_ts", "user_id", "anonymous_id", "session_id", USER,
-        SESSION, LINK_USER, LINK_TS, "propensity", ACTION_IDX, ACTION_VAL, *ctx,
-    ))
+    base = ["decision_id", "event_type", "event_ts", "user_id", "anonymous_id", "session_id",
+            USER, SESSION, LINK_USER, LINK_TS, "propensity", ACTION_IDX, ACTION_VAL]
+    own = [*ctx, *spec.row_columns, *config.outcomes.columns().values()]
+    if config.outcomes.columns():
+        own.append("_fx")
+    all_decisions = prepare_decisions(ev.select(*dict.fromkeys([*base, *own])))
     if bot_sessions.height:
         decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti",
                                        maintain_order="left")

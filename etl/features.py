@@ -28,14 +28,21 @@ Features (``feature_names``):
 - ``session_events``: earlier events of the decision's own session.
 - ``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos`` of the decision time (UTC).
 - ``<context>_<value>``: one-hot of each configured context column of the decision event.
+- source features (``[etl.features]``, :mod:`etl.source`): numeric columns (``<column>``), the
+  decision's ``position``, list elements (``<column>_<i>``), categorical one-hot over the
+  stored vocabulary (``<column>_<value>``, ``<column>__other``), less those found constant.
+
+Each group of features is one function of :data:`FEATURE_GROUPS` (name and polars expression
+per feature, over the as-of history columns and the decision row); the history columns come
+from shared as-of scans (:func:`_pack`, :func:`_search`, :func:`_scan_at`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,8 @@ import numpy as np
 import polars as pl
 
 from etl.clean import LINK_TS, LINK_USER, MICRO, SESSION, US_PER_DAY, days_us
-from etl.config import EtlConfig
+from etl.config import EtlConfig, SourceFeatures
+from etl.errors import EtlError
 from etl.validate import ACTION_IDX, ACTION_VAL, ActionSpace
 
 KEY = "_fkey"
@@ -60,11 +68,17 @@ T = "_t"
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """What decides the feature vector's layout: action space, context columns, window."""
+    """What decides the feature vector's layout: action space, context columns, window, and the
+    source features (resolved: vocabulary and constant features filled in).
+
+    The layout is the features of :data:`FEATURE_GROUPS` in order, less the source features
+    found constant (``source.constant``); the built-in features are never dropped.
+    """
 
     space: ActionSpace
     context: Mapping[str, list[str]]
     window_days: float
+    source: SourceFeatures = field(default_factory=SourceFeatures)
 
     @classmethod
     def from_config(cls, config: EtlConfig, space: ActionSpace) -> FeatureSpec:
@@ -72,35 +86,47 @@ class FeatureSpec:
 
         Context columns are laid out in sorted order of their names, so that the layout does not
         depend on the order of a TOML table or of a JSON object read back from a manifest.
+        Raises :class:`EtlError` when categorical source features have no vocabulary yet
+        (:func:`etl.source.resolve_source_features` fills it) or when two features share a name.
         """
         context = {name: config.context_columns[name] for name in sorted(config.context_columns)}
-        return cls(space, context, config.feature_window_days)
+        if config.features.declared and config.features.constant is None:
+            raise EtlError(
+                "[etl.features]: the source features are not resolved (vocabulary, constant "
+                "features): etl.source.resolve_source_features does it in the local engine; "
+                "the Spark engine does not yet, and an observation hook takes them from a "
+                "manifest (ObservationBuilder.from_manifest)"
+            )
+        missing = [c for c in config.features.categorical if c not in config.features.vocabulary]
+        if missing:
+            raise EtlError(
+                f"[etl.features] categorical column '{missing[0]}' has no vocabulary: this "
+                "engine does not discover it; give [etl.features] vocabulary or use the local "
+                "engine"
+            )
+        spec = cls(space, context, config.feature_window_days, config.features)
+        names = [name for group in FEATURE_GROUPS for name, _ in group(spec)]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise EtlError(f"[etl.features]: feature name '{twice[0]}' is built twice; rename "
+                           "the source column or drop it")
+        return spec
+
+    @property
+    def row_columns(self) -> list[str]:
+        """The decision row's own columns the features read (context and source columns)."""
+        return list(dict.fromkeys([*self.context, *self.source.columns()]))
+
+    def features(self) -> list[tuple[str, pl.Expr]]:
+        """(name, expression) of every feature, in column order."""
+        dropped = set(self.source.constant or [])
+        return [(name, expr) for group in FEATURE_GROUPS for name, expr in group(self)
+                if name not in dropped or group in BUILT_IN_GROUPS]
 
     @property
     def names(self) -> list[str]:
         """Feature names in column order."""
-        names = [
-            "recency_days",
-            "n_orders",
-            "monetary",
-            "discount_share",
-            "n_sessions",
-            "n_events",
-            "n_views",
-            "n_carts",
-            "n_events_1d",
-            "days_since_last_event",
-            "n_offers",
-            "days_since_last_offer",
-        ]
-        if self.space.continuous:
-            names += ["last_rate", "mean_past_rate"]
-        else:
-            names += [f"last_action_{label}" for label in self.space.labels]
-        names += ["session_events", "hour_sin", "hour_cos", "dow_sin", "dow_cos"]
-        for ctx, values in self.context.items():
-            names += [f"{ctx}_{v}" for v in values]
-        return names
+        return [name for name, _ in self.features()]
 
 
 @dataclass(frozen=True)
@@ -142,8 +168,6 @@ class Scaling:
         """Inverse of :meth:`to_manifest` (in the order of ``names``)."""
         missing = [n for n in names if n not in entry]
         if missing:
-            from etl.errors import EtlError
-
             raise EtlError(f"scaling lacks features {missing[:3]}")
         mean = np.array([entry[n]["mean"] for n in names], dtype=np.float64)
         std = np.array([entry[n]["std"] for n in names], dtype=np.float64)
@@ -419,57 +443,42 @@ def _scan_at(
     return out
 
 
-def raw_features(
-    events: pl.DataFrame,
-    orders: pl.DataFrame,
-    decisions: pl.DataFrame,
-    links: pl.DataFrame,
-    spec: FeatureSpec,
-) -> np.ndarray:
-    """Unscaled features (float64, ``(len(decisions), n_features)``) in the decisions' row order.
-
-    ``events``: cleaned events with ``_session_key``, ``_action_idx``, ``_action_val``;
-    ``orders``: cleaned order lines with amounts in the reporting currency; ``decisions``: the
-    decision rows (decision_id, event_ts, user_id, anonymous_id, session_id, ``_session_key``,
-    context columns); ``links``: the identity map (:func:`etl.clean.identity_links`). Rows at or
-    after a decision's time are ignored for that decision.
-    """
-    names = spec.names
-    n = decisions.height
-    if n == 0:
-        return np.zeros((0, len(names)), dtype=np.float64)
+def _decision_frame(
+    decisions: pl.DataFrame, links: pl.DataFrame, spec: FeatureSpec
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The decisions as queries: (decision frame in order of identity and time, identity codes,
+    session codes). The frame keeps ``_row`` (the decisions' row order), the query times ``_t``,
+    ``_t0`` (window start), ``_t1`` (a day before) and the decision row's own columns."""
     win = days_us(spec.window_days)
-    space = spec.space
-
     dec = _select_linked(
         decisions.with_columns(pl.col("event_ts").dt.epoch("us").alias(T)),
-        ["user_id", "anonymous_id", "session_id", SESSION, T, *spec.context],
+        ["user_id", "anonymous_id", "session_id", SESSION, T, *spec.row_columns],
         links,
     ).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"))
     dec = dec.with_columns(_decision_key(), (pl.col(T) - win).alias("_t0"),
                            (pl.col(T) - US_PER_DAY).alias("_t1"),
                            pl.col(SESSION).hash(seed=14).alias("_sh"))
-
-    # --- integer codes for identities and sessions (small packed sort keys)
+    # integer codes for identities and sessions (small packed sort keys)
     keys = dec.select(KEY).unique().with_row_index(KID)
     sess_keys = dec.select("_sh").unique().with_row_index(SID)
     codes = dec.select(KEY, "_sh").join(keys, on=KEY, how="left", maintain_order="left").join(
         sess_keys, on="_sh", how="left", maintain_order="left"
     )
-    # decisions in order of identity and time: the binary searches below find sorted needles
-    dec = dec.select("_row", T, "_t0", "_t1", *spec.context).with_columns(
+    # decisions in order of identity and time: the binary searches find sorted needles
+    dec = dec.select("_row", T, "_t0", "_t1", *spec.row_columns).with_columns(
         codes[KID], codes[SID]
     ).sort(KID, T)
-    out: dict[str, pl.Series] = {}
+    return dec, keys, sess_keys
 
-    # --- event history: each event under the identities it counts for. Counts of events, views
-    # and carts, and the time of the last event, come from one sort of packed keys (identity,
-    # time, and the view and cart flags in the two lowest bits); sessions started from one key
-    # per (identity, session) at the session's first row.
+
+def _event_history(
+    ev: pl.DataFrame, dec: pl.DataFrame, keys: pl.DataFrame
+) -> tuple[dict[str, pl.Series], pl.DataFrame]:
+    """Counts of events, views and carts (now, at the window start, a day before), the time of
+    the last event and sessions started, from one sort of packed keys (identity, time, and the
+    view and cart flags in the two lowest bits); sessions started from one key per (identity,
+    session) at the session's first row. Also returns the keyed history (for the decisions)."""
     etype = pl.col("event_type")
-    ev = _select_linked(events, EVENT_NEED, links).with_columns(
-        pl.col(SESSION).hash(seed=14).alias("_sh")
-    )
     hist = _with_kid(_history_keys(ev, "event_ts"), keys).select(
         KID, AVAIL, "_sh", "event_id", ACTION_IDX, ACTION_VAL,
         (etype.is_in(["page_view", "view_item"]).cast(pl.UInt8) * 2
@@ -477,14 +486,14 @@ def raw_features(
         (etype == "decision").alias("c_dec"),
     )
     times = {"": T, "_0": "_t0", "_1": "_t1"}
-    q_kid = _np(dec, KID, np.int64)
-    packed = _pack(_np(hist, KID, np.int64), _np(hist, AVAIL, np.int64), q_kid,
+    packed = _pack(_np(hist, KID, np.int64), _np(hist, AVAIL, np.int64), _np(dec, KID, np.int64),
                    [_np(dec, c, np.int64) for c in times.values()], flag_bits=2)
     flags = _np(hist, "_f", np.uint64)
     ev_keys = np.sort(packed.hist | flags)
     start, at_pos = _search(ev_keys, packed)
     views = _running(((ev_keys >> np.uint64(1)) & np.uint64(1)).astype(np.int64))
     carts = _running((ev_keys & np.uint64(1)).astype(np.int64))
+    out: dict[str, pl.Series] = {}
     for suffix, pos in zip(times, at_pos, strict=True):
         out[f"c_ev{suffix}"] = pl.Series(pos - start)
         out[f"c_view{suffix}"] = pl.Series(views[pos] - views[start])
@@ -496,8 +505,12 @@ def raw_features(
     s_start, s_pos = _search(sess_keys_sorted, packed)
     for suffix, pos in zip(times, s_pos, strict=True):
         out[f"c_sess{suffix}"] = pl.Series(pos - s_start)
+    return out, hist
 
-    # --- decision history: offers, decisions, rates and the last action
+
+def _decision_history(hist: pl.DataFrame, dec: pl.DataFrame, space: ActionSpace
+                      ) -> dict[str, pl.Series]:
+    """Earlier decisions: offers, decisions, rates and the last action."""
     offer = (pl.col(ACTION_VAL) > 0) if space.continuous else (pl.col(ACTION_IDX) != 0)
     dh = hist.filter("c_dec").select(
         KID,
@@ -510,13 +523,17 @@ def raw_features(
         ACTION_VAL,
     )
     last_action = ("last_val", ACTION_VAL) if space.continuous else ("last_idx", ACTION_IDX)
-    out.update(_scan_at(
+    return _scan_at(
         dh, dec, {"": T, "_0": "_t0"},
         sums=["c_offer", "c_dec", *(["c_rate"] if space.continuous else [])],
         lasts={"last_offer": ("c_offer", AVAIL), "last_dec": ("c_dec", AVAIL),
                last_action[0]: ("c_dec", last_action[1])},
-    ))
-    # --- order history
+    )
+
+
+def _order_history(orders: pl.DataFrame, dec: pl.DataFrame, keys: pl.DataFrame,
+                   links: pl.DataFrame) -> dict[str, pl.Series]:
+    """Earlier orders: orders placed, net money, gross and discount, the last placed order."""
     od = _select_linked(orders, ORDER_NEED, links)
     od = _with_kid(_history_keys(od, "order_ts"), keys)
     placed = pl.col("status") == "placed"
@@ -533,72 +550,203 @@ def raw_features(
         pl.when(placed).then(_money(value)).otherwise(0).alias("c_gross"),
         pl.when(placed).then(_money(disc)).otherwise(0).alias("c_disc"),
     )
-    out.update(_scan_at(
+    return _scan_at(
         od, dec, {"": T, "_0": "_t0"},
         sums=["c_orders", "c_money", "c_gross", "c_disc"],
         lasts={"last_order": ("_placed", AVAIL)},
         first_in_group="order_id", first_col="c_orders", first_when="_placed",
-    ))
-    # --- session history: earlier events of the decision's own session, of any identity
+    )
+
+
+def _session_history(ev: pl.DataFrame, dec: pl.DataFrame, sess_keys: pl.DataFrame
+                     ) -> dict[str, pl.Series]:
+    """Earlier events of the decision's own session, of any identity."""
     se = ev.select("_sh", pl.col("event_ts").dt.epoch("us").alias(AVAIL)).join(
         sess_keys, on="_sh", how="inner"
     )
     s_packed = _pack(_np(se, SID, np.int64), _np(se, AVAIL, np.int64), _np(dec, SID, np.int64),
                      [_np(dec, T, np.int64)])
     se_start, (se_pos,) = _search(np.sort(s_packed.hist), s_packed)
-    out["c_se"] = pl.Series(se_pos - se_start)
+    return {"c_se": pl.Series(se_pos - se_start)}
+
+
+def raw_features(
+    events: pl.DataFrame,
+    orders: pl.DataFrame,
+    decisions: pl.DataFrame,
+    links: pl.DataFrame,
+    spec: FeatureSpec,
+) -> np.ndarray:
+    """Unscaled features (float64, ``(len(decisions), n_features)``) in the decisions' row order.
+
+    ``events``: cleaned events with ``_session_key``, ``_action_idx``, ``_action_val``;
+    ``orders``: cleaned order lines with amounts in the reporting currency; ``decisions``: the
+    decision rows (decision_id, event_ts, user_id, anonymous_id, session_id, ``_session_key``,
+    context and source-feature columns); ``links``: the identity map
+    (:func:`etl.clean.identity_links`). Rows at or after a decision's time are ignored for that
+    decision. The as-of scans below compute the history columns once; the feature groups of
+    ``spec`` (:data:`FEATURE_GROUPS`) turn them and the decision row into features.
+    """
+    names = spec.names
+    n = decisions.height
+    if n == 0:
+        return np.zeros((0, len(names)), dtype=np.float64)
+    dec, keys, sess_keys = _decision_frame(decisions, links, spec)
+    ev = _select_linked(events, EVENT_NEED, links).with_columns(
+        pl.col(SESSION).hash(seed=14).alias("_sh")
+    )
+    out, hist = _event_history(ev, dec, keys)
+    out.update(_decision_history(hist, dec, spec.space))
+    out.update(_order_history(orders, dec, keys, links))
+    out.update(_session_history(ev, dec, sess_keys))
     frame = dec.with_columns(pl.Series(name, s) for name, s in out.items())
-
-    def window(col: str) -> pl.Expr:
-        return (pl.col(col).fill_null(0) - pl.col(f"{col}_0").fill_null(0)).cast(pl.Float64)
-
-    def since(col: str) -> pl.Expr:
-        last = pl.col(col)
-        inside = last.is_not_null() & (last >= pl.col("_t0"))
-        return pl.when(inside).then((pl.col(T) - last) / US_PER_DAY).otherwise(win / US_PER_DAY)
-
-    day_frac = (pl.col(T) % US_PER_DAY) / US_PER_DAY * (2 * math.pi)
-    week_frac = ((pl.col(T) // US_PER_DAY + 3) % 7) / 7 * (2 * math.pi)  # 0 = Monday
-    last_in = pl.col("last_dec").is_not_null() & (pl.col("last_dec") >= pl.col("_t0"))
-    gross = window("c_gross")
-    cols: list[pl.Expr] = [
-        since("last_order"),
-        window("c_orders"),
-        window("c_money") / MICRO,
-        pl.when(gross > 0).then(window("c_disc") / gross).otherwise(0.0),
-        window("c_sess"),
-        window("c_ev"),
-        window("c_view"),
-        window("c_cart"),
-        (pl.col("c_ev").fill_null(0) - pl.col("c_ev_1").fill_null(0)).cast(pl.Float64),
-        since("last_ev"),
-        window("c_offer"),
-        since("last_offer"),
-    ]
-    if space.continuous:
-        n_dec = window("c_dec")
-        cols += [
-            pl.when(last_in).then(pl.col("last_val").fill_null(0.0)).otherwise(0.0),
-            pl.when(n_dec > 0).then(window("c_rate") / MICRO / n_dec).otherwise(0.0),
-        ]
-    else:
-        cols += [
-            (last_in & (pl.col("last_idx") == i)).fill_null(False).cast(pl.Float64)
-            for i in range(space.n)
-        ]
-    cols += [
-        pl.col("c_se").fill_null(0).cast(pl.Float64),
-        day_frac.sin(),
-        day_frac.cos(),
-        week_frac.sin(),
-        week_frac.cos(),
-    ]
-    for ctx, values in spec.context.items():
-        cols += [(pl.col(ctx) == v).fill_null(False).cast(pl.Float64) for v in values]
-    matrix = frame.select([c.cast(pl.Float64).alias(f"f{i}") for i, c in enumerate(cols)])
+    cols = spec.features()
+    matrix = frame.select([c.cast(pl.Float64).alias(f"f{i}") for i, (_, c) in enumerate(cols)])
     result = np.empty((n, len(cols)), dtype=np.float64)
     result[_np(frame, "_row", np.int64)] = matrix.to_numpy()  # back in the decisions' order
     return result
+
+
+# ----------------------------------------------------------------------------- feature groups
+# Each group turns the as-of history columns and the decision row's own columns into named
+# feature expressions; the feature vector is the groups' features in this order. Adding a
+# feature means adding (or extending) one group.
+Feature = tuple[str, pl.Expr]
+
+
+def _window(col: str) -> pl.Expr:
+    """A count or sum over the window: its value now minus its value at the window start."""
+    return (pl.col(col).fill_null(0) - pl.col(f"{col}_0").fill_null(0)).cast(pl.Float64)
+
+
+def _since(col: str, spec: FeatureSpec) -> pl.Expr:
+    """Days since the time in ``col`` when within the window, else the window's length."""
+    win = days_us(spec.window_days)
+    last = pl.col(col)
+    inside = last.is_not_null() & (last >= pl.col("_t0"))
+    return pl.when(inside).then((pl.col(T) - last) / US_PER_DAY).otherwise(win / US_PER_DAY)
+
+
+def order_features(spec: FeatureSpec) -> list[Feature]:
+    """Recency, frequency, money and discount share of the placed orders in the window."""
+    gross = _window("c_gross")
+    return [
+        ("recency_days", _since("last_order", spec)),
+        ("n_orders", _window("c_orders")),
+        ("monetary", _window("c_money") / MICRO),
+        ("discount_share", pl.when(gross > 0).then(_window("c_disc") / gross).otherwise(0.0)),
+    ]
+
+
+def activity_features(spec: FeatureSpec) -> list[Feature]:
+    """Sessions, events, views, carts in the window; events in the last day; days since the
+    last event."""
+    return [
+        ("n_sessions", _window("c_sess")),
+        ("n_events", _window("c_ev")),
+        ("n_views", _window("c_view")),
+        ("n_carts", _window("c_cart")),
+        ("n_events_1d",
+         (pl.col("c_ev").fill_null(0) - pl.col("c_ev_1").fill_null(0)).cast(pl.Float64)),
+        ("days_since_last_event", _since("last_ev", spec)),
+    ]
+
+
+def offer_features(spec: FeatureSpec) -> list[Feature]:
+    """Offers in the window, days since the last, and the last decision's action (one-hot, or
+    the last and mean rate for continuous actions)."""
+    feats: list[Feature] = [
+        ("n_offers", _window("c_offer")),
+        ("days_since_last_offer", _since("last_offer", spec)),
+    ]
+    last_in = pl.col("last_dec").is_not_null() & (pl.col("last_dec") >= pl.col("_t0"))
+    if spec.space.continuous:
+        n_dec = _window("c_dec")
+        return [*feats,
+                ("last_rate",
+                 pl.when(last_in).then(pl.col("last_val").fill_null(0.0)).otherwise(0.0)),
+                ("mean_past_rate",
+                 pl.when(n_dec > 0).then(_window("c_rate") / MICRO / n_dec).otherwise(0.0))]
+    return feats + [
+        (f"last_action_{label}",
+         (last_in & (pl.col("last_idx") == i)).fill_null(False).cast(pl.Float64))
+        for i, label in enumerate(spec.space.labels)
+    ]
+
+
+def session_features(spec: FeatureSpec) -> list[Feature]:
+    """Earlier events of the decision's own session."""
+    return [("session_events", pl.col("c_se").fill_null(0).cast(pl.Float64))]
+
+
+def time_features(spec: FeatureSpec) -> list[Feature]:
+    """Hour of day and day of week of the decision (UTC), on the circle."""
+    day_frac = (pl.col(T) % US_PER_DAY) / US_PER_DAY * (2 * math.pi)
+    week_frac = ((pl.col(T) // US_PER_DAY + 3) % 7) / 7 * (2 * math.pi)  # 0 = Monday
+    return [("hour_sin", day_frac.sin()), ("hour_cos", day_frac.cos()),
+            ("dow_sin", week_frac.sin()), ("dow_cos", week_frac.cos())]
+
+
+def context_features(spec: FeatureSpec) -> list[Feature]:
+    """One-hot of each configured context column over its configured values."""
+    return [
+        (f"{ctx}_{v}", (pl.col(ctx) == v).fill_null(False).cast(pl.Float64))
+        for ctx, values in spec.context.items() for v in values
+    ]
+
+
+def _number(expr: pl.Expr) -> pl.Expr:
+    """A source number as a feature: null and non-finite values as 0."""
+    v = expr.cast(pl.Float64)
+    return pl.when(v.is_finite()).then(v).otherwise(0.0)
+
+
+def numeric_features(spec: FeatureSpec) -> list[Feature]:
+    """``[etl.features] numeric`` columns of the decision row, as they are."""
+    return [(col, _number(pl.col(col))) for col in spec.source.numeric]
+
+
+def position_features(spec: FeatureSpec) -> list[Feature]:
+    """The decision's slot (``position``), when ``[etl.features] position`` is set."""
+    return [("position", _number(pl.col("position")))] if spec.source.position else []
+
+
+def list_features(spec: FeatureSpec) -> list[Feature]:
+    """One feature per element of each fixed-length ``[etl.features] lists`` column."""
+    return [
+        (f"{col}_{i}", _number(pl.col(col).arr.get(i, null_on_oob=True)))
+        for col, n in spec.source.lists.items() for i in range(n)
+    ]
+
+
+def categorical_features(spec: FeatureSpec) -> list[Feature]:
+    """One-hot of each ``[etl.features] categorical`` column over its vocabulary (the most
+    frequent values), plus ``<column>__other`` for any other non-null value."""
+    feats: list[Feature] = []
+    for col in spec.source.categorical:
+        values = spec.source.vocabulary.get(col, [])
+        feats += [(f"{col}_{v}", (pl.col(col) == v).fill_null(False).cast(pl.Float64))
+                  for v in values]
+        other = pl.col(col).is_not_null() & ~pl.col(col).is_in(values)
+        feats.append((f"{col}__other", other.fill_null(False).cast(pl.Float64)))
+    return feats
+
+
+BUILT_IN_GROUPS: tuple[Callable[[FeatureSpec], list[Feature]], ...] = (
+    order_features,
+    activity_features,
+    offer_features,
+    session_features,
+    time_features,
+    context_features,
+)
+FEATURE_GROUPS: tuple[Callable[[FeatureSpec], list[Feature]], ...] = (
+    *BUILT_IN_GROUPS,
+    numeric_features,
+    position_features,
+    list_features,
+    categorical_features,
+)
 
 
 class ObservationBuilder:
@@ -635,8 +783,6 @@ class ObservationBuilder:
         space = ActionSpace.from_manifest(data["action_space"])
         builder = cls(config, space, None)
         if builder.spec.names != list(data["feature_names"]):
-            from etl.errors import EtlError
-
             raise EtlError(
                 "manifest: its feature_names do not match the features its config builds; "
                 "the dataset was written by another version of the ETL"

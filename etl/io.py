@@ -22,10 +22,21 @@ from pathlib import Path
 from typing import Literal
 
 import polars as pl
-import pyarrow as pa
 
 from etl.config import ColumnMapping, EtlConfig, TableMapping
 from etl.errors import EtlError
+from etl.mapping import (
+    READ_ERRORS,
+    TIME_COLUMNS,
+    TimeCheck,
+    Where,
+    apply_mapping,
+    cast_expr,
+    check_times,
+    scan_source,
+    short,
+    time_expr,
+)
 from etl.schema import (
     EVENT_COLUMNS,
     EVENT_REQUIRED,
@@ -37,19 +48,12 @@ from etl.schema import (
     ROW_NR,
     SOURCE_FILE,
     TS,
-    UTC,
 )
+from etl.source import source_columns, with_decision_events
 
 Table = Literal["events", "orders"]
 _DATE_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-# what reading a file may raise when its bytes are bad (polars panics are BaseExceptions)
-READ_ERRORS: tuple[type[BaseException], ...] = (
-    pl.exceptions.PolarsError, pl.exceptions.PanicException, pa.ArrowException, OSError,
-    UnicodeDecodeError,
-)
-_SUFFIXES = (".parquet", ".csv")
-_TS_FORMAT = "%Y-%m-%d %H:%M:%S%.f%:z"
-_NAIVE_FORMAT = "%Y-%m-%d %H:%M:%S%.f"
+_SUFFIXES = (".parquet", ".csv", ".tsv", ".txt")  # all but Parquet: text, read as CSV
 
 
 @dataclass(frozen=True)
@@ -74,27 +78,30 @@ def shipped_mapping(name: str) -> ColumnMapping:
 
 
 def resolve_mapping(config: EtlConfig) -> ColumnMapping:
-    """The column mapping a config asks for (inline, shipped by name, or the identity)."""
+    """The column mapping a config asks for (inline, shipped by name, or the identity), with
+    ``[etl.decisions]`` applied (:func:`etl.source.with_decision_events`)."""
     if config.mapping is not None:
-        return config.mapping
+        return with_decision_events(config.mapping, config)
     if config.mapping_name is not None:
-        return shipped_mapping(config.mapping_name)
-    return ColumnMapping()
+        return with_decision_events(shipped_mapping(config.mapping_name), config)
+    return with_decision_events(ColumnMapping(), config)
 
 
 def discover(input_root: Path | str) -> list[InputFile]:
-    """List the input files under ``<root>/{events,orders}/[date=YYYY-MM-DD/]*.{parquet,csv}``."""
+    """List the input files under ``<root>/{events,orders}/[date=YYYY-MM-DD/]*.{parquet,csv,tsv,
+    txt}`` (one of the two folders may be absent)."""
     root = Path(input_root)
     if not root.is_dir():
         raise EtlError(f"input folder not found: {root}")
     found: list[InputFile] = []
     tables: tuple[Table, Table] = ("events", "orders")
+    if not any((root / table).is_dir() for table in tables):
+        raise EtlError(f"{root}: no 'events' or 'orders' folder (expected "
+                       "events/date=YYYY-MM-DD/... and orders/date=YYYY-MM-DD/...)")
     for table in tables:
         base = root / table
-        if not base.is_dir():
-            if table == "orders":  # clickstream-only sources (e.g. RetailRocket events.csv)
-                continue
-            raise EtlError(f"{root}: no '{table}' folder (expected {table}/date=YYYY-MM-DD/...)")
+        if not base.is_dir():  # clickstream-only (RetailRocket events.csv) or orders-only
+            continue
         for path in sorted(base.rglob("*")):
             if path.suffix not in _SUFFIXES or not path.is_file() or path.name.startswith("."):
                 continue
@@ -105,7 +112,7 @@ def discover(input_root: Path | str) -> list[InputFile]:
                     part = _part_date(parent.name, relpath)
             found.append(InputFile(path, relpath, table, part))
         if base.is_dir() and not any(f.table == table for f in found):
-            raise EtlError(f"{base}: no Parquet or CSV files")
+            raise EtlError(f"{base}: no Parquet or CSV files (.parquet, .csv, .tsv, .txt)")
     return found
 
 
@@ -131,52 +138,20 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _scan(path: Path) -> pl.LazyFrame:
-    if path.suffix == ".csv":
-        return pl.scan_csv(path, infer_schema_length=10_000)
-    return pl.scan_parquet(path)
-
-
 def _parse_ts(col: str, dtype: pl.DataType, mapping: TableMapping) -> tuple[pl.Expr, pl.Expr]:
-    """(timestamp in UTC microseconds, "had no time zone" flag) for one source column."""
-    c = pl.col(col)
-    false = pl.lit(False)
-    if isinstance(dtype, pl.Datetime):
-        if dtype.time_zone is not None:
-            return c.dt.convert_time_zone(UTC).dt.cast_time_unit("us"), false
-        if mapping.naive_timezone is not None:
-            out = c.dt.replace_time_zone(mapping.naive_timezone).dt.convert_time_zone(UTC)
-            return out.dt.cast_time_unit("us"), false
-        return c.dt.cast_time_unit("us").dt.replace_time_zone(UTC), c.is_not_null()
-    if isinstance(dtype, pl.Date):
-        return c.cast(pl.Datetime("us")).dt.replace_time_zone(UTC), false
+    """(timestamp in UTC microseconds, "had no time zone" flag) for one column of an in-memory
+    frame in the raw-log schema (:func:`etl.core.normalize_frame`): native datetimes, ISO
+    strings, integers as epoch values in ``time_unit`` (microseconds when unset)."""
     if dtype.is_integer() or dtype.is_float():
-        unit = mapping.time_unit
-        factor = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}[unit]
-        micros = (c.cast(pl.Float64) * factor).round(0) if unit != "ns" else c // 1_000
-        return micros.cast(pl.Int64).cast(pl.Datetime("us")).dt.replace_time_zone(UTC), false
-    # strings: normalise "T" and "Z" and "+0000", then parse with an explicit offset format
-    text = (
-        c.cast(pl.String)
-        .str.strip_chars()
-        .str.replace("T", " ", literal=True)
-        .str.replace(r"(?i)\s*(Z|UTC)$", "+00:00")
-        .str.replace(r"([+-]\d{2})(\d{2})$", "${1}:${2}")
-    )
-    has_tz = text.str.contains(r"[+-]\d{2}:\d{2}$")
-    aware = text.str.to_datetime(_TS_FORMAT, time_zone=UTC, strict=False)
-    naive = text.str.to_datetime(_NAIVE_FORMAT, strict=False)
-    if mapping.naive_timezone is not None:
-        naive_utc = naive.dt.replace_time_zone(mapping.naive_timezone).dt.convert_time_zone(UTC)
-        return pl.when(has_tz).then(aware).otherwise(naive_utc), false
-    out = pl.when(has_tz).then(aware).otherwise(naive.dt.replace_time_zone(UTC))
-    return out, c.is_not_null() & ~has_tz & naive.is_not_null()
+        mapping = mapping.model_copy(update={"time_unit": mapping.time_unit or "us"})
+    parsed, naive, _ = time_expr(col, dtype, mapping, Where("", "events"))
+    return parsed, naive
 
 
 def _check_castable(lf: pl.LazyFrame, col: str, expr: pl.Expr, relpath: str, what: str) -> None:
     """Raise EtlError when non-null values of ``col`` do not parse through ``expr``."""
     query = (
-        lf.select(pl.col(col).alias("_orig"), expr.alias("_parsed"))
+        lf.select(pl.col(col).alias("_orig"), expr.alias("_parsed"), pl.col(ROW_NR))
         .filter(pl.col("_orig").is_not_null() & pl.col("_parsed").is_null())
         .head(1)
     )
@@ -186,7 +161,16 @@ def _check_castable(lf: pl.LazyFrame, col: str, expr: pl.Expr, relpath: str, wha
         raise EtlError(f"{relpath}: column '{col}': cannot read: {_short(exc)}") from exc
     if bad.height:
         sample = bad["_orig"][0]
-        raise EtlError(f"{relpath}: column '{col}': cannot parse {sample!r} as {what}")
+        raise EtlError(f"{relpath}: column '{col}': cannot parse {sample!r} (row "
+                       f"{bad[ROW_NR][0]}) as {what}")
+
+
+def _mapped(file: InputFile, tmap: TableMapping, where: Where) -> pl.LazyFrame:
+    """One file read with the mapping's CSV options, row-numbered, ``derive`` / ``rename`` /
+    ``constant`` applied (:func:`etl.mapping.apply_mapping`)."""
+    lf = scan_source(file.path, tmap.csv, file.relpath).with_row_index(ROW_NR, offset=1)
+    lf = lf.with_columns(pl.col(ROW_NR).cast(pl.Int64))
+    return apply_mapping(lf, tmap, where)
 
 
 def scan_table(
@@ -199,70 +183,18 @@ def scan_table(
     """One raw file as a lazy frame in the canonical raw-log schema plus the source columns."""
     mapping = mapping if mapping is not None else resolve_mapping(config)
     tmap = mapping.events if file.table == "events" else mapping.orders
-    lf = _scan(file.path).with_row_index(ROW_NR, offset=1)
-    lf = lf.with_columns(pl.col(ROW_NR).cast(pl.Int64))
-    try:
-        schema = lf.collect_schema()
-    except READ_ERRORS as exc:  # unreadable file: polars raises its own error types
-        raise EtlError(f"{file.relpath}: cannot read: {_short(exc)}") from exc
-    if tmap.event_id_from:
-        missing = [c for c in tmap.event_id_from if c not in schema]
-        if missing:
-            raise EtlError(f"{file.relpath}: missing column '{missing[0]}' (event_id_from)")
-        lf = lf.with_columns(
-            pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in tmap.event_id_from],
-                          separator="|").alias("__event_id")
-        )
-    renames = {src: dst for src, dst in tmap.rename.items() if src in schema}
-    if renames:
-        lf = lf.rename(renames)
-    if tmap.event_id_from:
-        lf = lf.rename({"__event_id": "event_id"})
-    if tmap.constant:
-        lf = lf.with_columns(pl.lit(v).alias(k) for k, v in tmap.constant.items())
+    where = Where(file.relpath, file.table, mapping.name)
+    lf = _mapped(file, tmap, where)
     schema = lf.collect_schema()
-
-    columns = EVENT_COLUMNS if file.table == "events" else ORDER_COLUMNS
-    required = EVENT_REQUIRED if file.table == "events" else ORDER_REQUIRED
-    for col in required:
-        if col not in schema:
-            raise EtlError(f"{file.relpath}: missing required column '{col}'")
-    if not any(col in schema for col in IDENTITY_COLUMNS):
-        raise EtlError(
-            f"{file.relpath}: no identity column: needs one of user_id, anonymous_id, session_id"
-        )
-
-    exprs: list[pl.Expr] = []
-    naive_flags: list[pl.Expr] = []
-    for col, target in columns.items():
-        user_dtype = tmap.cast.get(col)
-        if col not in schema:
-            exprs.append(pl.lit(None, dtype=target).alias(col))
-            continue
-        src = schema[col]
-        if user_dtype is not None:
-            lf = lf.with_columns(pl.col(col).cast(_dtype(user_dtype, file.relpath, col)))
-            src = lf.collect_schema()[col]
-        if target == TS:
-            parsed, naive = _parse_ts(col, src, tmap)
-            if src == pl.String:
-                _check_castable(lf, col, parsed, file.relpath, "a timestamp")
-            exprs.append(parsed.alias(col))
-            naive_flags.append(naive)
-        elif src != target:
-            cast = pl.col(col).cast(target, strict=False)
-            if src == pl.String or (target.is_integer() and src.is_float()):
-                _check_castable(lf, col, cast, file.relpath, str(target))
-            exprs.append(cast.alias(col))
-        else:
-            exprs.append(pl.col(col))
+    _check_columns(schema, file, tmap)
+    lf, exprs, naive_flags = _canonical(lf, schema, file, tmap, config, where)
     if file.table == "events":
         exprs.append(_action_expr(schema, continuous, lf, file.relpath))
-        for ctx in config.context_columns:
+        for ctx, dtype in source_columns(config).items():  # context and source features
             exprs.append(
-                pl.col(ctx).cast(pl.String).alias(ctx)
+                pl.col(ctx).cast(dtype).alias(ctx)
                 if ctx in schema
-                else pl.lit(None, dtype=pl.String).alias(ctx)
+                else pl.lit(None, dtype=dtype).alias(ctx)
             )
         if tmap.event_type_map or tmap.event_type_default:
             exprs = [_remap(e, "event_type", tmap.event_type_map, tmap.event_type_default)
@@ -285,6 +217,69 @@ def scan_table(
     )
 
 
+def _check_columns(schema: pl.Schema, file: InputFile, tmap: TableMapping) -> None:
+    """The contract's required and identity columns are there, and every ``parse_time`` key is
+    a timestamp column the file has (after the mapping)."""
+    required = EVENT_REQUIRED if file.table == "events" else ORDER_REQUIRED
+    for col in required:
+        if col not in schema:
+            raise EtlError(f"{file.relpath}: missing required column '{col}'")
+    if not any(col in schema for col in IDENTITY_COLUMNS):
+        raise EtlError(
+            f"{file.relpath}: no identity column: needs one of user_id, anonymous_id, session_id"
+        )
+    times = TIME_COLUMNS[file.table]
+    for col, fmt in tmap.parse_time.items():
+        key = f"[etl.mapping.{file.table}.parse_time] {col} = '{fmt}'"
+        if col not in times:
+            raise EtlError(f"{file.relpath}: {key}: not a timestamp column of {file.table} "
+                           f"({', '.join(times)}; other columns: derive)")
+        if col not in schema:
+            raise EtlError(f"{file.relpath}: {key}: the file has no column '{col}' (after "
+                           "rename and derive)")
+
+
+def _canonical(
+    lf: pl.LazyFrame, schema: pl.Schema, file: InputFile, tmap: TableMapping,
+    config: EtlConfig, where: Where,
+) -> tuple[pl.LazyFrame, list[pl.Expr], list[pl.Expr]]:
+    """The contract's columns in their types (``cast`` first, timestamps through their
+    formats, checked), the frame they read from and the "had no time zone" flags."""
+    columns = EVENT_COLUMNS if file.table == "events" else ORDER_COLUMNS
+    times = TIME_COLUMNS[file.table]
+    casts = {col: cast_expr(lf, col, name, times, where) for col, name in tmap.cast.items()
+             if col in schema}
+    for col, expr in casts.items():
+        if tmap.cast[col] != "String":  # anything casts to a string
+            _check_castable(lf, col, expr, file.relpath,
+                            f"{tmap.cast[col]} ([etl.mapping.{file.table}.cast] {col})")
+    if casts:
+        lf = lf.with_columns(expr.alias(col) for col, expr in casts.items())
+        schema = lf.collect_schema()
+    exprs: list[pl.Expr] = []
+    naive_flags: list[pl.Expr] = []
+    checks: list[TimeCheck] = []
+    for col, target in columns.items():
+        if col not in schema:
+            exprs.append(pl.lit(None, dtype=target).alias(col))
+            continue
+        src = schema[col]
+        if target == TS:
+            parsed, naive, check = time_expr(col, src, tmap, where)
+            checks += [check] if check is not None else []
+            exprs.append(parsed.alias(col))
+            naive_flags.append(naive)
+        elif src != target:
+            cast = pl.col(col).cast(target, strict=False)
+            if src == pl.String or (target.is_integer() and src.is_float()):
+                _check_castable(lf, col, cast, file.relpath, str(target))
+            exprs.append(cast.alias(col))
+        else:
+            exprs.append(pl.col(col))
+    check_times(lf, checks, where, config.min_date)
+    return lf, exprs, naive_flags
+
+
 def _remap(expr: pl.Expr, name: str, table: dict[str, str], default: str | None = None
            ) -> pl.Expr:
     if expr.meta.output_name() != name:
@@ -292,16 +287,6 @@ def _remap(expr: pl.Expr, name: str, table: dict[str, str], default: str | None 
     if default is None:
         return expr.replace(table).alias(name)
     return expr.replace_strict(table, default=default, return_dtype=pl.String).alias(name)
-
-
-def _dtype(name: str, relpath: str, col: str) -> pl.DataType:
-    dtype = getattr(pl, name, None)
-    if dtype is None:
-        raise EtlError(f"{relpath}: mapping casts '{col}' to unknown type '{name}'")
-    out = dtype() if isinstance(dtype, type) else dtype
-    if not isinstance(out, pl.DataType):
-        raise EtlError(f"{relpath}: mapping casts '{col}' to unknown type '{name}'")
-    return out
 
 
 def _action_expr(
@@ -319,31 +304,22 @@ def _action_expr(
 
 
 def action_is_continuous(files: list[InputFile], config: EtlConfig) -> bool:
-    """The action space: from the config, or (``auto``) from the type of the action column."""
+    """The action space: from the config, or (``auto``) from the type of the action column
+    (after the mapping's CSV options, ``derive`` and ``rename``)."""
     if config.action_space != "auto":
         return config.action_space == "continuous"
     mapping = resolve_mapping(config)
     for file in files:
         if file.table != "events":
             continue
-        renames = {s: d for s, d in mapping.events.rename.items()}
-        try:
-            schema = _scan(file.path).collect_schema()
-        except READ_ERRORS as exc:
-            raise EtlError(f"{file.relpath}: cannot read: {_short(exc)}") from exc
-        for src, dst in renames.items():
-            if dst == "action" and src in schema:
-                return bool(schema[src].is_float())
+        where = Where(file.relpath, file.table, mapping.name)
+        schema = _mapped(file, mapping.events, where).collect_schema()
         if "action" in schema:
             return bool(schema["action"].is_float())
     return False
 
 
-def _short(exc: BaseException) -> str:
-    """An exception's first line (polars appends long hints), at most 300 characters."""
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else type(exc).__name__
-    return first[:300]
+_short = short
 
 
 def unreadable_file(files: Sequence[InputFile], config: EtlConfig, *, continuous: bool
@@ -417,7 +393,7 @@ def _concat(frames: list[pl.LazyFrame], table: Table, continuous: bool,
     columns = dict(EVENT_COLUMNS if table == "events" else ORDER_COLUMNS)
     if table == "events":
         columns["action"] = pl.Float64() if continuous else pl.String()
-        columns.update({c: pl.String() for c in config.context_columns})
+        columns.update(source_columns(config))
     columns.update({NAIVE_TS: pl.Boolean(), SOURCE_FILE: pl.String(), ROW_NR: pl.Int64(),
                     PART_DATE: pl.Date()})
     return pl.LazyFrame(schema=columns)

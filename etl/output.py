@@ -134,8 +134,78 @@ def check_quarantine(counts: dict[str, Any], config: EtlConfig, action_hint: str
         raise EtlError(
             f"{bad} of {rows} rows ({bad / rows:.1%}) failed validation, above "
             f"max_quarantine_share={config.max_quarantine_share:.1%} ({top}); nothing "
-            f"written{hint}"
+            f"written{hint}{_time_hint(reasons)}"
         )
+    check_reason_shares(counts, config)
+
+
+def reason_ceiling(kind: str, reason: str, config: EtlConfig) -> float | None:
+    """The largest share of its table's rows one reason may take (``[etl] max_reason_share``,
+    else ``max_drop_share`` for drop reasons); None: no ceiling of its own."""
+    if reason in config.max_reason_share:
+        return config.max_reason_share[reason]
+    return config.max_drop_share if kind == "dropped" else None
+
+
+def check_reason_shares(counts: dict[str, Any], config: EtlConfig) -> None:
+    """Raise :class:`EtlError` with the counts when one drop or quarantine reason takes more of
+    its table's rows than its ceiling (:func:`reason_ceiling`): no silent large losses."""
+    for table, t in counts.items():
+        if table == "decisions" or not t["rows_in"]:
+            continue
+        for kind in ("dropped", "quarantined"):
+            for reason, n in t[kind].items():
+                ceiling = reason_ceiling(kind, reason, config)
+                if ceiling is None or n / t["rows_in"] <= ceiling:
+                    continue
+                key = f"max_reason_share.{reason}" if reason in config.max_reason_share \
+                    else "max_drop_share"
+                raise EtlError(
+                    f"{n} of {t['rows_in']} {table} rows ({n / t['rows_in']:.1%}) {kind} as "
+                    f"{reason}, above [etl] {key} = {ceiling:.1%}; nothing written "
+                    f"({describe_counts(counts)}); set [etl] max_reason_share.{reason} to "
+                    f"accept it{_time_hint({reason: n})}"
+                )
+
+
+def _time_hint(reasons: dict[str, int]) -> str:
+    if not reasons or max(reasons, key=lambda r: reasons[r]) != "future_event":
+        return ""
+    return ("; times after the run date: a wrong time format or unit? see [etl.mapping] "
+            "parse_time in docs/mapping.md")
+
+
+def describe_counts(counts: dict[str, Any]) -> str:
+    """The row accounting of :func:`totals` on one line: ``orders: 10 in = 8 used + 1
+    quarantined (bad_price 10.0%) + 1 dropped (duplicate_order_line 10.0%)``."""
+    parts = []
+    for table, t in counts.items():
+        if table == "decisions":
+            continue
+        rows = t["rows_in"]
+        text = f"{table}: {rows} in = {t['used']} used"
+        for kind in ("quarantined", "dropped"):
+            total = sum(t[kind].values())
+            shares = ", ".join(f"{r} {n / rows:.1%}" for r, n in t[kind].items())
+            text += f" + {total} {kind}" + (f" ({shares})" if shares else "")
+        parts.append(text)
+    return "; ".join(parts) or "no input rows"
+
+
+def refuse_without_decisions(counts: dict[str, Any], n_decisions: int, config: EtlConfig
+                             ) -> None:
+    """Raise :class:`EtlError` for logs without decision events (unless ``require_decisions``
+    is off), once every input row is accounted for, with the counts: the user sees the rows were
+    read, and why nothing can be learnt from them."""
+    if n_decisions or not config.require_decisions:
+        return
+    events = counts.get("events", {}).get("rows_in", 0)
+    raise EtlError(
+        f"no decision events in {events} rows: map the events that record what the platform "
+        f"chose (event_type 'decision' with decision_id and action; see the [etl.mapping] "
+        f"event_type_map and docs/mapping.md), or set [etl] require_decisions = false to load "
+        f"clickstream history only; nothing written ({describe_counts(counts)})"
+    )
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -316,7 +386,11 @@ __all__ = [
     "MANIFEST",
     "build_manifest",
     "check_quarantine",
+    "check_reason_shares",
+    "describe_counts",
     "load_scaling",
+    "reason_ceiling",
+    "refuse_without_decisions",
     "replace_partition",
     "stored_action_space",
     "stored_manifest",

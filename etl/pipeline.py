@@ -5,24 +5,27 @@ Both run :func:`etl.core.transform_partition` once per user-hash bucket (``EtlCo
 number of buckets, nor on the number of worker threads (``EtlConfig.workers``). On files, with
 several buckets, peak memory follows the bucket size rather than the input:
 
-1. the global steps (identity map, duplicate keys, data end) and the row counts read the input
-   one file at a time, projected to the columns they need (:func:`etl.core.global_inputs`);
-   the identity map keeps only the anonymous ids that rows without a user_id carry;
-2. one more pass, batch by batch, spills each bucket's rows to a temporary Arrow file;
-3. each bucket is loaded and transformed, and its outputs are spilled too: transitions and
-   quarantine rows per output date, the raw features per range of episode ids, the counts
-   (small) kept in memory;
-4. the feature scaling is fitted from the raw features read range by range of episode ids in
+1. one pass over the input, batch by batch, appends each row to its bucket's temporary Arrow
+   file and gives the global pieces in the same pass (rows in per date, duplicate-key hashes,
+   data end, the anonymous ids looked up, file hashes); rows without a user_id but with an
+   anonymous_id wait aside until the identity map is known (:mod:`etl.buckets`);
+2. the global steps read back, memory-mapped, only the rows they need from the bucket files
+   (identity-link pairs of the ids looked up, rows of repeated duplicate-key hashes); the
+   waiting rows are then routed to their stitched user's bucket;
+3. each bucket is loaded in input order and transformed; its outputs stay in memory, cut per
+   output date (transitions, quarantine rows), with its counts;
+4. the feature scaling is fitted from the raw features range by range of episode ids in
    (episode_id, step) order, summed in numpy's own order, so it is bit for bit the scaling of
    the whole matrix;
-5. each output date is read from its spilled rows, sorted, scaled and written; the folder is
-   swapped into place atomically.
+5. each output date's pieces are concatenated, sorted, scaled and written (no temporary output
+   files); the folder is swapped into place atomically.
 
-Steps 1, 2, 3 and 5 run ``workers`` pieces (files, batches, buckets, dates) at the same time in
+Steps 1 to 5 run ``workers`` pieces (batches, buckets, ranges, dates) at the same time in
 threads (polars and numpy release the GIL), and consume the results in order, so that files,
 spills and counts come out as with one worker. Peak memory is then about ``workers`` buckets'
-transforms, or dates' outputs, whichever is larger. With one bucket the input is read once
-into memory (fastest when it fits).
+transforms plus the outputs (about the size of the written dataset with float64 features).
+With one bucket the input is read once into memory (fastest when it fits). The Spark engine
+(:mod:`etl.spark_engine`) runs the same steps as Spark tasks.
 """
 
 from __future__ import annotations
@@ -31,17 +34,32 @@ import datetime as dt
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import structlog
 from tqdm import tqdm
 
+from etl.buckets import (
+    BucketPlan,
+    MemoryPieces,
+    bucket_keys,
+    date_frame,
+    estimate_rows,
+    file_links,
+    fit_scaling,
+    global_steps,
+    pending_keys,
+    publish_date,
+    repeated_hashes,
+    route_pending,
+    split_files,
+    transform_bucket,
+)
 from etl.clean import LINK_TS, LINK_USER, user_key_expr
 from etl.config import EtlConfig
 from etl.core import (
@@ -77,7 +95,9 @@ from etl.output import (
     build_manifest,
     check_quarantine,
     load_scaling,
+    refuse_without_decisions,
     stored_action_space,
+    stored_manifest,
     swap_dir,
     tally,
     totals,
@@ -86,6 +106,7 @@ from etl.output import (
     write_parquet,
 )
 from etl.schema import PART_DATE, transition_schema
+from etl.source import resolve_source_features
 from etl.validate import ActionSpace, action_hint, resolve_action_space
 from etl.workers import in_order
 
@@ -240,8 +261,9 @@ def build_transitions(
     ])
     require_decisions(n_decisions, events.height, config)
     space = resolve_action_space(config, continuous, found, None)
-    spec = FeatureSpec.from_config(config, space)
     ev = normalize_frame(events, "events", config, space)
+    config = resolve_source_features(config, [ev.lazy()])
+    spec = FeatureSpec.from_config(config, space)
     od = normalize_frame(orders, "orders", config, space)
     end_us = None if data_end is None else (data_end - EPOCH) // dt.timedelta(microseconds=1)
     g = global_inputs(ev.lazy(), od.lazy(), config, space, data_end_us=end_us,
@@ -276,185 +298,30 @@ def lookahead_days(config: EtlConfig) -> int:
     return int(np.ceil(ahead + config.max_lateness_days)) + 1
 
 
-def _spill_write(frame: pl.DataFrame, path: Path) -> None:
-    """A temporary file (uncompressed Arrow IPC: cheaper to write and read back than Parquet)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_ipc(path, compression="uncompressed")
+@dataclass
+class FilePlan:
+    """Which input files a run reads, and how (both engines)."""
+
+    used: list[InputFile]  # transformed, in input order (events, then orders)
+    decisions_only: frozenset[str]  # read for their decision events only (nightly history)
+    link_files: list[InputFile] | None  # nightly: every file, for the identity map and data end
+
+    @property
+    def order(self) -> tuple[str, ...]:
+        return tuple(f.relpath for t in ("events", "orders") for f in self.used if f.table == t)
 
 
-def _spill_read(files: Sequence[Path]) -> pl.DataFrame:
-    """Temporary files as one frame, in one chunk (the transform is faster on those)."""
-    return pl.scan_ipc(list(files)).collect().rechunk()
-
-
-class _Spill:
-    """A run's rows and outputs in a temporary folder, bucket by bucket.
-
-    ``in/<table>/<bucket>.arrow``: the input rows of each bucket;
-    ``transitions/date=D/<bucket>.arrow`` and ``quarantine/date=D/<bucket>.arrow``: each
-    bucket's outputs per output date; ``fit/<range>/<bucket>.arrow``: its raw features by range
-    of episode ids, for the scaling. Counts are small and stay in memory. All temporary files
-    are uncompressed Arrow IPC.
-    """
-
-    def __init__(self, root: Path, *, fit: bool, n_ranges: int = 1) -> None:
-        self.root = root
-        self.fit = fit
-        self.n_ranges = n_ranges
-        self.bounds: pl.Series | None = None
-        self.counts: list[pl.DataFrame] = [empty_counts()]
-
-    # --- inputs
-    def put_inputs(self, table: str, pieces: Sequence[pl.LazyFrame], links: pl.DataFrame,
-                   n: int, workers: int = 1) -> None:
-        """Split the rows into their buckets: ``in/<table>/<bucket>.arrow``, one Arrow IPC file
-        per bucket appended batch by batch, in input order. The pieces are read in batches of
-        ``_BATCH`` rows, ``workers`` batches split at the same time, so memory follows neither the
-        input nor its largest file."""
-        key = user_key_expr().fill_null("")
-
-        def split(frame: pl.DataFrame) -> list[tuple[int, pa.Table]]:
-            ids = frame.select("anonymous_id", "user_id", "session_id")
-            if links.height:  # the identity-map join on the id columns only, in row order
-                ids = ids.join(links, on="anonymous_id", how="left", maintain_order="left")
-            else:
-                ids = ids.with_columns(pl.lit(None, pl.String()).alias(LINK_USER))
-            bucket = ids.select((key.hash(seed=0) % n).cast(pl.UInt32).alias(_BUCKET))[_BUCKET]
-            # one stable sort by bucket and one Arrow conversion; each bucket is then a
-            # zero-copy slice (cheaper than a frame and a conversion per bucket)
-            codes = bucket.to_numpy()
-            table = frame[np.argsort(codes, kind="stable")].to_arrow()
-            counts = np.bincount(codes, minlength=n)
-            starts = np.concatenate([[0], np.cumsum(counts)])
-            return [(b, table.slice(int(starts[b]), int(counts[b])))
-                    for b in np.flatnonzero(counts).tolist()]
-
-        batches_in = (frame for lf in pieces for frame in lf.collect_batches(chunk_size=_BATCH)
-                      if frame.height)
-        writers: dict[int, pa.ipc.RecordBatchFileWriter] = {}
-        schema: pa.Schema | None = None
-        try:
-            for batches in in_order(split, batches_in, workers):
-                for b, batch in batches:
-                    schema = batch.schema if schema is None else schema
-                    writer = writers.get(b)
-                    if writer is None:
-                        path = self.root / "in" / table / f"{b:05d}.arrow"
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        writer = writers[b] = pa.ipc.new_file(str(path), schema)
-                    writer.write_table(batch if batch.schema.equals(schema)
-                                       else batch.cast(schema))
-        finally:
-            for writer in writers.values():
-                writer.close()
-
-    def inputs(self, table: str, b: int, schema: pl.Schema) -> pl.DataFrame:
-        """Bucket ``b``'s rows of ``table``."""
-        path = self.root / "in" / table / f"{b:05d}.arrow"
-        if not path.is_file():
-            return pl.DataFrame(schema=schema)
-        return _spill_read([path]).cast(dict(schema))  # type: ignore[arg-type]
-
-    def drop_inputs(self, b: int) -> None:
-        """Free the disk of a bucket that is done."""
-        for table in ("events", "orders"):
-            (self.root / "in" / table / f"{b:05d}.arrow").unlink(missing_ok=True)
-
-    # --- outputs
-    def put_outputs(self, b: int, out: PartitionOutput) -> None:
-        """Spill a bucket's transitions and quarantine rows per date; keep its counts."""
-        self.counts.append(out.counts)
-        self._dated(out.transitions, "transitions", pl.col("decision_ts").dt.date(), b)
-        self._dated(out.quarantine, "quarantine", pl.col("partition_date"), b)
-        trans = out.transitions
-        if self.fit and RAW_OBS in trans.columns and trans.height:
-            if self.bounds is None:  # users are hashed: any bucket's episode ids are a sample
-                ids = trans["episode_id"].sort()
-                self.bounds = ids.gather(
-                    [ids.len() * i // self.n_ranges for i in range(1, self.n_ranges)]
-                ).unique(maintain_order=True)
-            ranged = trans.select(*_TRANS_SORT, RAW_OBS).with_columns(
-                self.bounds.search_sorted(trans["episode_id"], side="right").alias("_range")
-            )
-            for (r,), part in ranged.group_by("_range"):
-                _spill_write(part.drop("_range"),
-                             self.root / "fit" / f"{r:05d}" / f"{b:05d}.arrow")
-
-    def _dated(self, frame: pl.DataFrame, kind: str, date: pl.Expr, b: int) -> None:
-        if frame.height == 0:
-            return
-        for (day,), part in frame.with_columns(date.alias(_DATE)).group_by(_DATE):
-            assert isinstance(day, dt.date)
-            _spill_write(part.drop(_DATE),
-                         self.root / kind / f"date={day.isoformat()}" / f"{b:05d}.arrow")
-
-    def dates(self, kind: str) -> list[str]:
-        """The output dates of ``kind`` (transitions or quarantine) that have rows."""
-        folder = self.root / kind
-        if not folder.is_dir():
-            return []
-        return sorted(p.name.removeprefix("date=") for p in folder.glob("date=*"))
-
-    def read(self, kind: str, days: Sequence[str]) -> pl.DataFrame | None:
-        """The spilled rows of ``kind`` on ``days`` (None when there are none)."""
-        files = [f for d in days
-                 for f in sorted((self.root / kind / f"date={d}").glob("*.arrow"))]
-        return _spill_read(files) if files else None
-
-    def fit_scaling(self, names: list[str]) -> Scaling:
-        """:meth:`Scaling.fit` of every raw feature row in (episode_id, step) order, streamed.
-
-        The raw features were spilled by ranges of episode ids (bounds from the first bucket,
-        about one bucket's rows per range); range after range is sorted and summed row after
-        row, which is how numpy reduces a C-ordered matrix along its first axis (with two or
-        more features), so the mean and standard deviation equal ``Scaling.fit`` of the whole
-        matrix to the bit.
-        """
-        k = len(names)
-        ranges = sorted(p for p in (self.root / "fit").glob("*") if p.is_dir()) \
-            if (self.root / "fit").is_dir() else []
-        if not ranges:
-            return Scaling.fit(names, np.zeros((0, k)))
-
-        def in_order() -> Iterator[np.ndarray]:
-            for folder in ranges:
-                frame = _spill_read(sorted(folder.glob("*.arrow"))).sort(*_TRANS_SORT)
-                yield frame[RAW_OBS].to_numpy().reshape(frame.height, k).astype(np.float64)
-
-        if k < 2:  # numpy sums a single column pairwise: fit on the (small) column itself
-            return Scaling.fit(names, np.concatenate(list(in_order())))
-        # pass 1: the rows are summed and kept, in order, in a flat float64 file
-        ordered = self.root / "fit" / "ordered.f64"
-        total: np.ndarray | None = None
-        n = 0
-        with ordered.open("wb") as handle:
-            for raw in in_order():
-                raw.tofile(handle)
-                total = _row_sum(total, raw)
-                n += raw.shape[0]
-        assert total is not None
-        mean = total / n
-        # pass 2: the squared deviations, read back in order
-        squares: np.ndarray | None = None
-        chunk = 65_536
-        for start in range(0, n, chunk):
-            rows = min(chunk, n - start)
-            raw = np.fromfile(ordered, dtype=np.float64, count=rows * k,
-                              offset=start * k * 8).reshape(rows, k)
-            dev = raw - mean
-            squares = _row_sum(squares, dev * dev)
-        ordered.unlink()
-        assert squares is not None
-        std = np.sqrt(squares / n)
-        std = np.where(std > 1e-12, std, 1.0)
-        return Scaling(tuple(names), mean, std)
-
-
-def _row_sum(acc: np.ndarray | None, rows: np.ndarray) -> np.ndarray:
-    """``acc`` plus the rows, added one after another (numpy's order along a C-ordered first
-    axis: chunked sums equal the sum of the whole matrix to the bit)."""
-    block = rows if acc is None else np.concatenate([acc[None, :], rows])
-    return np.add.reduce(block, axis=0)
+def file_plan(files: list[InputFile], config: EtlConfig, day: dt.date | None) -> FilePlan:
+    """A backfill transforms every file; a nightly run for D transforms the partitions from D -
+    lookback to D + lookahead, the decision events of earlier ones, and stitches over all."""
+    if day is None:
+        return FilePlan(files, frozenset(), None)
+    lo = day - dt.timedelta(days=lookback_days(config))
+    hi = day + dt.timedelta(days=lookahead_days(config))
+    window = [f for f in files if f.part_date is None or lo <= f.part_date <= hi]
+    older = [f for f in files if f.part_date is not None and f.part_date < lo
+             and f.table == "events"]
+    return FilePlan(older + window, frozenset(f.relpath for f in older), files)
 
 
 def run_etl(
@@ -486,142 +353,147 @@ def run_etl(
     files = discover(input_root)
     continuous = action_is_continuous(files, config)
     today = run_date(as_of)
-    end_us = run_date_end_us(today)
     if later := folders_after(files, today):
         log.warning("partition folders after the run date (rows judged by their own times)",
                     run_date=str(today), folders=later[:5], n=len(later))
-    with input_errors(files, config, continuous=continuous):
-        found = scan_actions(files, config, continuous)
+    with input_errors(files, config, continuous=continuous):  # no decisions: refused below,
+        found, n_decisions, _ = scan_decisions(files, config, continuous)  # with the counts
     space = resolve_action_space(config, continuous, found, stored_action_space(
         config, out_root, prefer_existing=day is not None))
     if space.discovered:
         log.info("action vocabulary discovered from the decision events", labels=space.labels)
+    if config.features.declared:  # the source features' vocabulary and constants (etl.source)
+        with input_errors(files, config, continuous=continuous):
+            ev_files, _ = scan_pieces([f for f in files if f.table == "events"], config,
+                                      continuous=continuous)
+            config = resolve_source_features(config, ev_files, stored_manifest(
+                config, out_root, prefer_existing=day is not None))
     spec = FeatureSpec.from_config(config, space)
-    n_feat = len(spec.names)
-
-    def pieces(chosen: list[Any]) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
-        ev, od = scan_pieces(chosen, config, continuous=continuous)
-        return (ev or [empty_table("events", config, continuous=continuous)],
-                od or [empty_table("orders", config, continuous=continuous)])
-
-    link_ev: list[pl.LazyFrame] | None = None
-    link_od: list[pl.LazyFrame] | None = None
-    if day is None:
-        used_files = files
-        events, orders = pieces(files)
-    else:
-        lo = day - dt.timedelta(days=lookback_days(config))
-        hi = day + dt.timedelta(days=lookahead_days(config))
-        window = [f for f in files if f.part_date is None or lo <= f.part_date <= hi]
-        older = [f for f in files if f.part_date is not None and f.part_date < lo
-                 and f.table == "events"]
-        used_files = window + older
-        events, orders = pieces(window)
-        if older:
-            old_ev, _ = pieces(older)
-            events = [lf.filter(pl.col("event_type") == "decision") for lf in old_ev] + events
-        link_ev, link_od = pieces(files)
-
-    with input_errors(used_files, config, continuous=continuous):
-        rows_in = _rows_in([("events", events), ("orders", orders)])
-    n = config.bucket_count(int(rows_in["n"].sum()))
-    log.info("etl start", files=len(used_files), date=str(day) if day else "all", buckets=n,
-             run_date=str(today))
+    plan_files = file_plan(files, config, day)
+    n = config.bucket_count(estimate_rows(plan_files.used))
+    log.info("etl start", files=len(plan_files.used), date=str(day) if day else "all",
+             buckets=n, run_date=str(today))
     scaling = load_scaling(config, out_root, spec, prefer_existing=day is not None)
     with tempfile.TemporaryDirectory(prefix="ecomrl-etl-") as tmp:
-        spill = _Spill(Path(tmp), fit=scaling is None, n_ranges=n)
+        hashed = frozenset(f.relpath for f in plan_files.used
+                           if day is None or f.part_date == day)
+        plan = BucketPlan(config, space, n, run_date_end_us(today), tmp, plan_files.order,
+                          plan_files.decisions_only, hashed)
         with input_errors(files, config, continuous=continuous):
-            _transform(events, orders, link_ev, link_od, config, space, end_us, scaling, n,
-                       spill, day)
-        if day is not None:
-            rows_in = rows_in.filter(pl.col("date") == day)
-        by_date = tally(pl.concat(spill.counts), rows_in)
-        check_quarantine(totals(by_date), config, action_hint(space, found))
-        if scaling is None:
-            scaling = spill.fit_scaling(spec.names)
-        inputs = [
-            {"path": f.relpath, "table": f.table, "sha256": sha256(f.path)}
-            for f in sorted(used_files, key=lambda f: f.relpath)
-            if day is None or f.part_date == day
-        ]
-        fitted = scaling
-        empty_trans = pl.DataFrame(schema=transition_schema(n_feat, continuous))
-        if day is None:
-            manifest, written = _write_backfill(
-                out_root, spill, n_feat, fitted,
-                lambda dates: build_manifest(config, space, spec, fitted, by_date, inputs, dates),
-                config.worker_count(),
-            )
-            trans, quar = empty_trans, empty_quarantine()
-            if collect:
-                back_t = _read_back(out_root / "transitions", _TRANS_SORT)
-                back_q = _read_back(out_root / "quarantine", _QUAR_SORT)
-                trans = trans if back_t is None else back_t
-                quar = quar if back_q is None else back_q
-        else:
-            got_t = spill.read("transitions", spill.dates("transitions"))
-            got_q = spill.read("quarantine", spill.dates("quarantine"))
-            trans = empty_trans if got_t is None else apply_scaling(
-                got_t.sort(*_TRANS_SORT), fitted, n_feat)
-            quar = empty_quarantine() if got_q is None else got_q.sort(*_QUAR_SORT)
-            manifest = write_day(out_root, day, trans, quar, config, space, spec, fitted,
-                                 by_date, inputs)
-            written = {"transitions": trans.height, "quarantine": quar.height}
-            if not collect:
-                trans, quar = empty_trans, empty_quarantine()
-    done = manifest["counts"] if day is None else totals(by_date)
-    log.info("etl done", out=str(out_root), buckets=n, counts=done, **written)
-    return EtlResult(trans, quar, manifest, written)
+            run = _in_memory(plan, plan_files, day, scaling) if n == 1 else \
+                _bucketed_run(plan, plan_files, day, scaling)
+    rows_in = run.rows_in if day is None else run.rows_in.filter(pl.col("date") == day)
+    by_date = tally(pl.concat([empty_counts(), *run.outputs.counts]), rows_in)
+    refuse_without_decisions(totals(by_date), n_decisions, config)
+    check_quarantine(totals(by_date), config, action_hint(space, found))
+    if scaling is None:
+        scaling = fit_scaling(spec.names, run.outputs.transitions(), n, config.worker_count())
+    inputs = [
+        {"path": f.relpath, "table": f.table, "sha256": run.digests[f.relpath]}
+        for f in sorted(plan_files.used, key=lambda f: f.relpath)
+        if day is None or f.part_date == day
+    ]
+    fitted = scaling
+    return _publish(out_root, day, run.outputs, config, space, spec, fitted, by_date, inputs,
+                    collect)
 
 
-def _transform(
-    events: list[pl.LazyFrame], orders: list[pl.LazyFrame],
-    link_ev: list[pl.LazyFrame] | None, link_od: list[pl.LazyFrame] | None,
-    config: EtlConfig, space: ActionSpace, as_of_end_us: int, scaling: Scaling | None,
-    n: int, spill: _Spill, day: dt.date | None,
-) -> None:
-    """Global steps, then the transform per bucket (``config.worker_count()`` at the same
-    time); every output goes to ``spill``, bucket after bucket in order."""
+@dataclass
+class _Run:
+    """What the transform step gives the finish: outputs, rows in per date, file digests."""
+
+    outputs: MemoryPieces
+    rows_in: pl.DataFrame
+    digests: dict[str, str]
+
+
+def _scans(plan: BucketPlan, files: Sequence[InputFile]
+           ) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
+    """One lazy frame per file (decision events only where the plan says so), never none."""
+    config, continuous = plan.config, plan.space.continuous
+    ev, od = scan_pieces(list(files), config, continuous=continuous)
+    ev_files = [f for f in files if f.table == "events"]
+    ev = [lf.filter(pl.col("event_type") == "decision") if f.relpath in plan.decisions_only
+          else lf for f, lf in zip(ev_files, ev, strict=True)]
+    return (ev or [empty_table("events", config, continuous=continuous)],
+            od or [empty_table("orders", config, continuous=continuous)])
+
+
+def _dated_globals(g: GlobalInputs, day: dt.date | None, scaling: Scaling | None
+                   ) -> GlobalInputs:
+    if day is not None:
+        g.output_dates = (day, day)
+        g.count_dates = (day, day)
+    g.scaling = scaling
+    return g
+
+
+def _in_memory(plan: BucketPlan, files: FilePlan, day: dt.date | None,
+               scaling: Scaling | None) -> _Run:
+    """One bucket: every file read once into memory, the global steps and the transform on it."""
+    config = plan.config
     workers = config.worker_count()
+    events, orders = _scans(plan, files.used)
+    ev_df, od_df = pl.collect_all([pl.concat(events), pl.concat(orders)])
+    link_ev = link_od = None
+    if files.link_files is not None:
+        link_ev, link_od = _scans(replace(plan, decisions_only=frozenset()), files.link_files)
+    g = global_inputs([ev_df.lazy()], [od_df.lazy()], config, plan.space, link_events=link_ev,
+                      link_orders=link_od, stitched_only=True, workers=workers,
+                      as_of_end_us=plan.as_of_end_us)
+    outputs = MemoryPieces()
+    outputs.put(transform_partition(ev_df, od_df, _dated_globals(g, day, scaling), config))
+    rows_in = _rows_in([("events", [ev_df.lazy()]), ("orders", [od_df.lazy()])])
+    del ev_df, od_df
+    hashed = [f for f in files.used if f.relpath in plan.hashed]
+    digests = dict(zip([f.relpath for f in hashed],
+                       in_order(lambda f: sha256(f.path), hashed, workers), strict=True))
+    return _Run(outputs, rows_in, digests)
 
-    def globals_of(ev: Sequence[pl.LazyFrame], od: Sequence[pl.LazyFrame]) -> GlobalInputs:
-        g = global_inputs(ev, od, config, space, link_events=link_ev, link_orders=link_od,
-                          stitched_only=True, workers=workers, as_of_end_us=as_of_end_us)
-        if day is not None:
-            g.output_dates = (day, day)
-            g.count_dates = (day, day)
-        g.scaling = scaling
-        return g
 
-    if n == 1:  # one bucket: read the files once, keep the rows in memory
-        ev_df, od_df = pl.collect_all([pl.concat(events), pl.concat(orders)])
-        g = globals_of([ev_df.lazy()], [od_df.lazy()])
-        spill.put_outputs(0, transform_partition(ev_df, od_df, g, config))
-        return
-    g = globals_of(events, orders)
+def _bucketed_run(plan: BucketPlan, files: FilePlan, day: dt.date | None,
+                  scaling: Scaling | None) -> _Run:
+    """Several buckets (:mod:`etl.buckets`): one pass over the input splits it into bucket
+    files and gives the global pieces; the global steps read back only the rows they need;
+    buckets are transformed ``workers`` at a time and their outputs kept in memory."""
+    workers = plan.config.worker_count()
+    split = split_files(plan, files.used, 0, workers)
+    repeated = repeated_hashes(split.hashes)
+    nightly = files.link_files is not None
+    keys = [pending_keys(plan, 0, repeated), *in_order(
+        lambda b: bucket_keys(plan, b, split.pending_ids, repeated, links=not nightly),
+        range(plan.n_buckets), workers)]
+    file_links_ = None
+    if files.link_files is not None:
+        file_links_ = list(in_order(lambda f: file_links(plan, f, split.pending_ids),
+                                    files.link_files, workers))
+    g = _dated_globals(global_steps(plan, split, keys, file_links_), day, scaling)
+    route_pending(plan, g.links, 0)
+    events, orders = _scans(plan, files.used)
     schemas = {"events": pl.concat(events).collect_schema(),
                "orders": pl.concat(orders).collect_schema()}
-    spill.put_inputs("events", events, g.links, n, workers)
-    spill.put_inputs("orders", orders, g.links, n, workers)
-
-    def bucket(b: int) -> PartitionOutput:
-        ev = spill.inputs("events", b, schemas["events"])
-        od = spill.inputs("orders", b, schemas["orders"])
-        out = transform_partition(ev, od, g, config)
-        del ev, od
-        spill.drop_inputs(b)
-        return out
-
-    done = in_order(bucket, range(n), workers)
-    for b, out in enumerate(tqdm(done, total=n, desc="etl buckets", leave=False, disable=None)):
-        spill.put_outputs(b, out)
+    outputs = MemoryPieces()
+    done = in_order(lambda b: transform_bucket(plan, b, g, schemas), range(plan.n_buckets),
+                    workers)
+    for b, out in enumerate(tqdm(done, total=plan.n_buckets, desc="etl buckets", leave=False,
+                                 disable=None)):
+        outputs.put(out)
         log.debug("bucket done", bucket=b, decisions=out.transitions.height)
+    return _Run(outputs, split.rows_in, split.digests)
 
 
 def scan_actions(files: Sequence[InputFile], config: EtlConfig, continuous: bool
                  ) -> dict[str, int]:
     """The labels the decision events of every events file use (label -> decisions); raises
     when there is no decision event (unless ``require_decisions`` is off)."""
+    found, n_decisions, rows = scan_decisions(files, config, continuous)
+    require_decisions(n_decisions, rows, config)
+    return found
+
+
+def scan_decisions(files: Sequence[InputFile], config: EtlConfig, continuous: bool
+                   ) -> tuple[dict[str, int], int, int]:
+    """(label -> decisions, decision events, event rows) of every events file."""
     ev, _ = scan_pieces([f for f in files if f.table == "events"], config,
                         continuous=continuous)
 
@@ -633,54 +505,77 @@ def scan_actions(files: Sequence[InputFile], config: EtlConfig, continuous: bool
         frames.append(actions)
         rows += int(length.item())
     found, n_decisions = action_counts(frames)
-    require_decisions(n_decisions, rows, config)
-    return found
+    return found, n_decisions, rows
 
 
 # ----------------------------------------------------------------------------- writing
+def _publish(
+    out_root: Path, day: dt.date | None, outputs: MemoryPieces, config: EtlConfig,
+    space: ActionSpace, spec: FeatureSpec, scaling: Scaling, by_date: dict[str, Any],
+    inputs: list[dict[str, str]], collect: bool,
+) -> EtlResult:
+    """Write the outputs (a backfill: every date, atomically; nightly: day D and the manifest)."""
+    n_feat = len(spec.names)
+    empty_trans = pl.DataFrame(schema=transition_schema(n_feat, space.continuous))
+    if day is None:
+        manifest, written, frames = _write_backfill(
+            out_root, outputs, n_feat, scaling,
+            lambda dates: build_manifest(config, space, spec, scaling, by_date, inputs, dates),
+            config.worker_count(), collect,
+        )
+        trans = pl.concat([empty_trans, *frames["transitions"]]).sort(*_TRANS_SORT)
+        quar = pl.concat([empty_quarantine(), *frames["quarantine"]]).sort(*_QUAR_SORT)
+    else:
+        got = {kind: [p for d in outputs.dates(kind) for p in outputs.pop(kind, d)]
+               for kind in ("transitions", "quarantine")}
+        trans = date_frame("transitions", got["transitions"], scaling, n_feat) \
+            if got["transitions"] else empty_trans
+        quar = date_frame("quarantine", got["quarantine"], None, n_feat) \
+            if got["quarantine"] else empty_quarantine()
+        manifest = write_day(out_root, day, trans, quar, config, space, spec, scaling,
+                             by_date, inputs)
+        written = {"transitions": trans.height, "quarantine": quar.height}
+        if not collect:
+            trans, quar = empty_trans, empty_quarantine()
+    done = manifest["counts"] if day is None else totals(by_date)
+    log.info("etl done", out=str(out_root), counts=done, **written)
+    return EtlResult(trans, quar, manifest, written)
+
+
 def _write_backfill(
-    out_root: Path, spill: _Spill, n_features: int, scaling: Scaling,
-    manifest: Callable[[list[str]], dict[str, Any]], workers: int = 1,
-) -> tuple[dict[str, Any], dict[str, int]]:
-    """Write every date's files from the spilled rows (``workers`` dates in memory at a time)
-    into a temporary folder, add the manifest and rename it into place; returns the manifest and
-    the rows written per table."""
+    out_root: Path, outputs: MemoryPieces, n_features: int, scaling: Scaling,
+    manifest: Callable[[list[str]], dict[str, Any]], workers: int = 1, collect: bool = False,
+) -> tuple[dict[str, Any], dict[str, int], dict[str, list[pl.DataFrame]]]:
+    """Write every date's file from the outputs held in memory (``workers`` dates at a time,
+    each date's pieces freed once written) into a temporary folder, add the manifest and rename
+    it into place; returns the manifest, the rows written per table and (``collect``) the
+    frames written."""
     out_root = out_root.resolve()
     out_root.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_root.with_name(f".{out_root.name}.tmp-{uuid.uuid4().hex}")
     written = {"transitions": 0, "quarantine": 0}
+    frames: dict[str, list[pl.DataFrame]] = {"transitions": [], "quarantine": []}
     try:
         tmp.mkdir(parents=True)
-        dates = spill.dates("transitions")
-
-        def write(job: tuple[str, str]) -> int:
-            kind, day = job
-            frame = spill.read(kind, [day])
-            assert frame is not None
-            if kind == "transitions":
-                frame = apply_scaling(frame.sort(*_TRANS_SORT), scaling, n_features)
-            else:
-                frame = frame.sort(*_QUAR_SORT)
-            write_parquet(frame, tmp / kind / f"date={day}" / "part-00000.parquet")
-            return frame.height
-
+        dates = outputs.dates("transitions")
         jobs = [("transitions", d) for d in dates] + [
-            ("quarantine", d) for d in spill.dates("quarantine")]
-        for (kind, _), rows in zip(jobs, in_order(write, jobs, workers), strict=True):
-            written[kind] += rows
+            ("quarantine", d) for d in outputs.dates("quarantine")]
+
+        def write(job: tuple[str, str]) -> pl.DataFrame:
+            kind, day = job
+            return publish_date(tmp, kind, day, outputs.pop(kind, day), scaling, n_features,
+                                lambda frame, path: write_parquet(frame, path))
+
+        for (kind, _), frame in zip(jobs, in_order(write, jobs, workers), strict=True):
+            written[kind] += frame.height
+            if collect:
+                frames[kind].append(frame)
         data = manifest(dates)
         write_json(data, tmp / MANIFEST)
         swap_dir(tmp, out_root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return data, written
-
-
-def _read_back(root: Path, sort: Sequence[str]) -> pl.DataFrame | None:
-    files = sorted(root.glob("date=*/*.parquet"))
-    if not files:
-        return None
-    return pl.read_parquet(files, hive_partitioning=False).sort(*sort)
+    return data, written, frames
 
 
 __all__ = ["EtlResult", "build_transitions", "lookahead_days", "lookback_days", "run_etl",

@@ -31,3 +31,39 @@ def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator
         finally:
             for future in pending:
                 future.cancel()
+
+
+class Serial:
+    """Jobs run one after another in a background thread, in the order they are submitted
+    (appends to the same files stay in order), with at most ``depth`` waiting: the caller
+    goes on with its own work meanwhile. An exception in a job is raised by the next
+    :meth:`submit` or by :meth:`close`; a context manager (``close`` on exit, waiting for every
+    job unless the block failed)."""
+
+    def __init__(self, depth: int = 2) -> None:
+        self.depth = max(1, depth)
+        self.pool = ThreadPoolExecutor(1)
+        self.pending: deque[Future[None]] = deque()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        while len(self.pending) >= self.depth:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(job))
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Serial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+            return
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)

@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 from etl import EtlConfig, build_transitions, run_etl
+from etl.buckets import MemoryPieces, fit_scaling
 from etl.core import RAW_OBS, PartitionOutput, empty_counts, empty_quarantine, global_inputs
 from etl.features import Scaling
 from etl.io import action_is_continuous, discover, read_tables, scan_pieces
@@ -57,12 +58,10 @@ def test_auto_and_spilled_buckets_write_the_same_bytes(raw: Path, tmp_path: Path
     assert one.transitions.height > 100 and one.quarantine.height == 1
 
 
-def test_streamed_fit_equals_numpy_on_the_sorted_matrix(tmp_path: Path) -> None:
-    from etl.pipeline import _Spill
-
+def test_streamed_fit_equals_numpy_on_the_sorted_matrix() -> None:
     rng = np.random.default_rng(3)
     names = [f"f{i}" for i in range(5)]
-    spill = _Spill(tmp_path, fit=True, n_ranges=4)
+    outputs = MemoryPieces()
     frames = []
     for b in range(6):  # buckets of disjoint users, each sorted by (episode_id, step)
         n = int(rng.integers(0, 400))
@@ -77,13 +76,16 @@ def test_streamed_fit_equals_numpy_on_the_sorted_matrix(tmp_path: Path) -> None:
         }, schema_overrides={RAW_OBS: pl.Array(pl.Float64, 5)}).unique(
             ["episode_id", "step"]).sort("episode_id", "step")
         frames.append(frame)
-        spill.put_outputs(b, PartitionOutput(frame, empty_quarantine(), empty_counts()))
+        outputs.put(PartitionOutput(frame, empty_quarantine(), empty_counts()))
     everything = pl.concat(frames).sort("episode_id", "step")
     matrix = everything[RAW_OBS].to_numpy().reshape(everything.height, 5)
     want = Scaling.fit(names, matrix)
-    got = spill.fit_scaling(names)
-    assert np.array_equal(got.mean, want.mean) and np.array_equal(got.std, want.std)
-    assert got.to_manifest() == want.to_manifest()
+    # the pieces are per bucket and decision date: each sorted, their users interleaved
+    assert len(outputs.transitions()) > 6
+    for n_ranges in (1, 4, 50):
+        got = fit_scaling(names, outputs.transitions(), n_ranges)
+        assert np.array_equal(got.mean, want.mean) and np.array_equal(got.std, want.std)
+        assert got.to_manifest() == want.to_manifest()
 
 
 def test_global_steps_file_by_file_equal_one_pass(raw: Path) -> None:
@@ -141,12 +143,12 @@ def _frames(raw: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
 def test_temporary_files_are_removed_when_a_run_fails(
     raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import etl.pipeline as pipeline
+    import etl.buckets as buckets
 
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    real = pipeline.transform_partition
+    real = buckets.transform_partition
     calls = {"n": 0}
     seen: list[int] = []
 
@@ -157,7 +159,7 @@ def test_temporary_files_are_removed_when_a_run_fails(
             raise RuntimeError("worker lost")
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline, "transform_partition", dies)
+    monkeypatch.setattr(buckets, "transform_partition", dies)
     with pytest.raises(RuntimeError, match="worker lost"):
         run_etl(raw, tmp_path / "out", EtlConfig(n_buckets=4))
     assert seen[0] > 0  # the buckets were spilled there
@@ -176,3 +178,79 @@ def test_bucketed_nightly_runs_equal_the_backfill(raw: Path, tmp_path: Path) -> 
         assert _files(tmp_path / "nightly")[part] == want[part]
         assert res.n_transitions == res.transitions.height > 0
         assert res.manifest["counts_by_date"][day] == full.manifest["counts_by_date"][day]
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A simulated log with every kind of dirt: anonymous rows stitched at login (they wait
+    for the identity map before they are routed), duplicates, bots, late rows."""
+    from simulator.config import DirtConfig, SimulatorConfig
+    from simulator.logs import simulate, write_raw_logs
+
+    root = tmp_path_factory.mktemp("dirty") / "raw"
+    config = SimulatorConfig(n_users=60, days=10, seed=7, dirt=DirtConfig.all_on())
+    write_raw_logs(simulate(config), root, truth=False)
+    return root
+
+
+def test_split_routes_every_row_once_in_input_order(dirty: Path, tmp_path: Path) -> None:
+    from etl.buckets import (
+        BucketPlan,
+        bucket_keys,
+        global_steps,
+        load_bucket,
+        pending_keys,
+        repeated_hashes,
+        route_pending,
+        split_files,
+    )
+    from etl.clean import LINK_USER, user_key_expr
+
+    config = EtlConfig()
+    files = discover(dirty)
+    space = ActionSpace.from_config(config, False)
+    order = tuple(f.relpath for t in ("events", "orders") for f in files if f.table == t)
+    plan = BucketPlan(config, space, 5, 2**62, str(tmp_path), order)
+    # two groups, as Spark tasks would split them
+    parts = [split_files(plan, files[:9], 0), split_files(plan, files[9:], 1, workers=2)]
+    split = type(parts[0]).merge(parts)
+    assert split.pending_ids.len() > 0  # anonymous rows that wait for the identity map
+    repeated = repeated_hashes(split.hashes)
+    assert repeated["events"].size > 0
+    keys = [pending_keys(plan, 0, repeated), pending_keys(plan, 1, repeated),
+            *[bucket_keys(plan, b, split.pending_ids, repeated) for b in range(5)]]
+    g = global_steps(plan, split, keys)
+    # the same identity map and duplicates as the global steps of the whole input
+    ev, od = read_tables(files, config, continuous=False)
+    whole = global_inputs(ev.collect().lazy(), od.collect().lazy(), config, space,
+                          stitched_only=True, as_of_end_us=2**62)
+    assert g.links.sort("anonymous_id").equals(whole.links.sort("anonymous_id"))
+    by = ["source_table", "_source_file", "_row_nr"]
+    assert g.duplicates.sort(by).equals(whole.duplicates.sort(by))
+    assert g.data_end_us == whole.data_end_us
+    route_pending(plan, g.links, 0)
+    route_pending(plan, g.links, 1)
+    schema = ev.collect_schema()
+    buckets = [load_bucket(plan, "events", b, schema) for b in range(5)]
+    assert sum(b.height for b in buckets) == ev.collect().height
+    rank = {name: i for i, name in enumerate(order)}
+    users = []
+    for b, rows in enumerate(buckets):
+        pos = [(rank[f], r) for f, r in zip(rows["_source_file"], rows["_row_nr"], strict=True)]
+        assert pos == sorted(pos), b  # input order, pending rows merged back in place
+        keyed = rows.join(g.links.select("anonymous_id", LINK_USER), on="anonymous_id",
+                          how="left")
+        users.append(set(keyed.select(user_key_expr().fill_null(""))[:, 0].to_list()))
+    assert all(not (users[i] & users[j]) for i in range(5) for j in range(i + 1, 5))
+
+
+def test_dirty_logs_in_buckets_write_the_same_bytes(dirty: Path, tmp_path: Path) -> None:
+    one = run_etl(dirty, tmp_path / "one", EtlConfig(n_buckets=1))
+    assert one.counts["events"]["dropped"].get("duplicate_event_id", 0) > 0
+    for buckets, workers in ((4, 1), (9, 2)):
+        got = run_etl(dirty, tmp_path / f"b{buckets}", EtlConfig(n_buckets=buckets,
+                                                                 workers=workers))
+        assert _files(tmp_path / f"b{buckets}") == _files(tmp_path / "one")
+        assert got.manifest == one.manifest
+        assert got.transitions.equals(one.transitions)  # collected from memory, not read back
+        assert got.quarantine.equals(one.quarantine)

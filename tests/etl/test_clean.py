@@ -117,7 +117,7 @@ def test_duplicates_are_dropped_and_counted_once() -> None:
             {"event_ts": _at(1), "event_type": "view_item", "user_id": "u1", "session_id": "s1"}]
     ev = _events(rows)
     doubled = pl.concat([ev, ev, ev.tail(1)])
-    res = build_transitions(doubled, _no_orders())
+    res = build_transitions(doubled, _no_orders(), EtlConfig(max_drop_share=1.0))  # 3 of 5
     assert res.counts["events"]["dropped"] == {"duplicate_event_id": 3}
     single = build_transitions(ev, _no_orders())
     np.testing.assert_array_equal(

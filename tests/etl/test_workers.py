@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 
-from etl.workers import in_order
+from etl.workers import Serial, in_order
 
 
 def test_in_order_keeps_order_and_bounds_waiting_results() -> None:
@@ -47,3 +48,29 @@ def test_in_order_keeps_order_and_bounds_waiting_results() -> None:
 
     with pytest.raises(ValueError, match="bucket 5 failed"):
         list(in_order(boom, range(10), 2))
+
+
+def test_serial_runs_jobs_in_order_in_the_background() -> None:
+    done: list[int] = []
+    waiting: list[int] = []
+
+    def job(i: int) -> None:
+        time.sleep(0.001 * (i % 2))
+        done.append(i)
+
+    with Serial(depth=2) as background:
+        for i in range(30):
+            background.submit(partial(job, i))
+            waiting.append(len(background.pending))
+    assert done == list(range(30))
+    assert max(waiting) <= 2
+
+    background = Serial(depth=1)
+
+    def fails() -> None:
+        raise OSError("disk full")
+
+    background.submit(fails)
+    with pytest.raises(OSError, match="disk full"):
+        background.submit(lambda: None)
+        background.close()
