@@ -46,7 +46,7 @@ import polars as pl
 from benchmarks._stats import clopper_pearson
 from ecomrl.config import EcomrlConfig, RunConfig
 from ecomrl.pipeline import TrainedAgents, build_candidates, run_nightly, split_logs
-from etl.features import ObservationBuilder
+from etl.observation import ObservationBuilder
 from evaluation.config import DEFAULT_ESTIMATORS, EvaluateConfig
 from evaluation.data import TransitionsDataset
 from evaluation.evaluate import evaluate_candidates

@@ -41,7 +41,7 @@ from scipy import stats
 
 from benchmarks._world import ARRIVAL_DAYS, world
 from etl.config import EtlConfig
-from etl.features import ObservationBuilder
+from etl.observation import ObservationBuilder
 from etl.pipeline import build_transitions
 from offline_rl.artifacts import load_policy
 from offline_rl.config import TrainConfig

@@ -14,7 +14,8 @@ Public API:
 from etl.config import EtlConfig
 from etl.core import GlobalInputs, PartitionOutput, global_inputs, transform_partition
 from etl.errors import EtlError
-from etl.features import FeatureSpec, ObservationBuilder, Scaling
+from etl.features import FeatureSpec, Scaling
+from etl.observation import ObservationBuilder
 from etl.pipeline import EtlResult, build_transitions, run_etl
 from etl.steps import ImportResult, StepImportConfig, import_steps
 
