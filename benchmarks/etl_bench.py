@@ -1,10 +1,12 @@
 """ETL speed and memory: the ETL against the floor of its I/O, and against plain pandas.
 
     .venv/bin/python -m benchmarks.etl_bench [--events N] [--buckets 1,8,auto] [--dirty 1] [--small]
+                                             [--input-dir RAW] [--keep DIR]
 
 Simulates about N raw events (promotion scenario, the simulator's logging policy), writes them
-as raw-log Parquet partitions, then measures, each in a fresh subprocess (wall and CPU seconds,
-peak resident memory from ``wait4``'s ``ru_maxrss``):
+as raw-log Parquet partitions (or reuses ``--input-dir``, e.g. a ``--keep`` folder's ``raw/``, to
+compare code versions on one input), then measures, each in a fresh subprocess (wall and CPU
+seconds, peak resident memory from ``wait4``'s ``ru_maxrss``):
 
 * ``etl``: :func:`etl.run_etl` (backfill, ``collect=False``: the output stays on disk) with each
   bucket count in ``--buckets`` (``auto``: ``EtlConfig``'s choice from the input size);
@@ -148,6 +150,14 @@ def _simulate(n_events: int, root: Path, dirty: int = 0) -> int:
     return int(_measure("simulate", root, root, rows=n_events, dirty=dirty)["events_in"])
 
 
+def _count(raw: Path) -> int:
+    """The events of raw logs already simulated."""
+    import polars as pl
+
+    return int(pl.scan_parquet(raw / "events" / "**" / "*.parquet").select(pl.len())
+               .collect().item())
+
+
 def _row(name: str, info: dict[str, Any], events: int, floor: dict[str, Any] | None) -> str:
     ratio = f"{info['work'] / floor['work']:6.2f}" if floor else "     -"
     return (f"{name:<24} {events:>10,} {info['wall']:>7.2f} {info['work']:>7.2f} "
@@ -168,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dirty", type=int, choices=[0, 1], default=0,
                    help="1: simulate with every kind of dirt on (anonymous sessions stitched at "
                    "login, bots, duplicates, late rows, reversals)")
+    p.add_argument("--input-dir", type=Path, default=None,
+                   help="reuse raw logs already simulated (e.g. a --keep folder's raw/)")
     p.add_argument("--child", choices=["etl", "floor", "pandas", "simulate"],
                    help=argparse.SUPPRESS)
     p.add_argument("--input", type=Path, help=argparse.SUPPRESS)
@@ -199,19 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        n_events = _simulate(args.events, work / "raw", args.dirty)
+        raw = args.input_dir or work / "raw"
+        n_events = _simulate(args.events, raw, args.dirty) if args.input_dir is None \
+            else _count(raw)
         kind = "dirty events" if args.dirty else "events"
-        print(f"simulated {n_events:,} {kind} in {time.perf_counter() - t0:.1f} s "
+        print(f"input: {n_events:,} {kind} in {time.perf_counter() - t0:.1f} s "
               f"(machine: {os.cpu_count()} cores, shared; load average "
               f"{os.getloadavg()[0]:.1f})")
         print("wall: the whole process; work: the same minus interpreter start and imports; "
               "cpu: user+sys of the process; events/s and /floor on work time")
         print(f"{'run':<24} {'events':>10} {'wall s':>7} {'work s':>7} {'cpu s':>7} "
               f"{'peak MiB':>8} {'events/s':>11} {'/floor':>6}")
-        etl_runs = {b: _measure("etl", work / "raw", work / f"etl{b}", buckets_one=b)
-                    for b in buckets}
+        etl_runs = {b: _measure("etl", raw, work / f"etl{b}", buckets_one=b) for b in buckets}
         n_rows = next(iter(etl_runs.values()))["transitions"]
-        floor = _measure("floor", work / "raw", work / "floor", rows=n_rows)
+        floor = _measure("floor", raw, work / "floor", rows=n_rows)
         print(_row("floor (read+sort+write)", floor, n_events, None))
         for b, info in etl_runs.items():
             name = f"etl, {b} bucket(s)" if b != "auto" else f"etl, auto ({info['buckets']})"

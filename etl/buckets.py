@@ -420,10 +420,21 @@ def load_bucket(plan: BucketPlan, table: str, b: int, schema: pl.Schema) -> pl.D
     frame = pl.concat([p if p.schema == schema else p.cast(dict(schema))  # type: ignore[arg-type]
                        for p in parts]).rechunk()
     if any(f.name.startswith("p") for f in files):  # routed pending rows: back in input order
-        ordinal = pl.col(SOURCE_FILE).replace_strict(
-            list(plan.order), list(range(len(plan.order))), return_dtype=pl.UInt32)
-        frame = frame.sort(ordinal, ROW_NR)
+        frame = frame[_input_order(frame, plan.order)]
     return frame
+
+
+def _input_order(frame: pl.DataFrame, order: Sequence[str]) -> np.ndarray:
+    """The permutation that puts rows back in input order: by (file's place in ``order``,
+    row number). Files come in runs (each split or routed file is in input order), so the
+    file's place is looked up once per run, and the stable sort merges the sorted runs."""
+    files = frame.get_column(SOURCE_FILE)
+    run = files.rle_id().to_numpy()
+    starts = np.flatnonzero(np.diff(run, prepend=-1))
+    rank = {name: i for i, name in enumerate(order)}
+    place = np.array([rank[name] for name in files.gather(starts).to_list()], np.uint64)
+    key = (place[run] << np.uint64(32)) | frame.get_column(ROW_NR).to_numpy().astype(np.uint64)
+    return np.argsort(key, kind="stable")
 
 
 def transform_bucket(plan: BucketPlan, b: int, g: GlobalInputs,

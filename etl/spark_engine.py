@@ -373,9 +373,9 @@ def run_etl_spark(
     quarantine back into the result (as ``run_etl`` returns them); False returns empty frames.
     ``timings``: filled with the wall seconds of each step (``session``, ``split``,
     ``transform``, ...). ``as_of``: the run date (default today, UTC), as in ``run_etl``.
-    ``work_dir``: the temporary folder of bucket files, on storage that the driver and every
-    executor see at the same path (default: a hidden folder beside ``out_root``; removed at the
-    end, also on errors).
+    ``work_dir``: where the run's temporary bucket files go (a fresh subfolder of it, removed
+    at the end, also on errors), on storage that the driver and every executor see at the same
+    path (default: a hidden folder beside ``out_root``).
     """
     config = config or EtlConfig()
     if settings is None:
@@ -387,9 +387,9 @@ def run_etl_spark(
     laps = _Laps(timings)
     session = spark or spark_session(settings)
     laps.lap("session")
-    work = Path(work_dir) if work_dir is not None else \
-        out_root.with_name(f".{out_root.name}.work-{uuid.uuid4().hex}")
-    work.mkdir(parents=True, exist_ok=False)
+    work = (Path(work_dir) / f"ecomrl-etl-{uuid.uuid4().hex}" if work_dir is not None
+            else out_root.with_name(f".{out_root.name}.work-{uuid.uuid4().hex}"))
+    work.mkdir(parents=True)
     with _spark_errors():
         try:
             return _run(session, input_root, out_root, config, day, settings, collect, laps,

@@ -152,7 +152,12 @@ def test_continuous_actions_equal_local(spark: SparkSession, tmp_path: Path) -> 
     config = SimulatorConfig(action_space="continuous", n_users=25, days=6, seed=11)
     write_raw_logs(simulate(config), raw, truth=False)
     local = run_etl(raw, tmp_path / "local", EtlConfig())
-    remote = run_etl_spark(raw, tmp_path / "spark", EtlConfig(), spark=spark, settings=SETTINGS)
+    work = tmp_path / "work"  # a folder of the user's: only the run's own subfolder is removed
+    work.mkdir()
+    (work / "keep.txt").write_text("mine")
+    remote = run_etl_spark(raw, tmp_path / "spark", EtlConfig(), spark=spark, settings=SETTINGS,
+                           work_dir=work)
+    assert [p.name for p in work.iterdir()] == ["keep.txt"]
     assert local.transitions.height > 0
     assert local.transitions.schema["action"] == pl.Array(pl.Float32, 1)
     assert remote.transitions.equals(local.transitions)
