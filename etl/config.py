@@ -170,8 +170,8 @@ class SparkConfig(BaseModel):
     partitions: int | None = Field(
         None,
         gt=0,
-        description="User partitions of the transform (one polars call each). None: twice "
-        "Spark's default parallelism.",
+        description="User-hash buckets of the transform (one task each). None: the local "
+        "engine's bucket count, and at least Spark's parallelism.",
     )
     fast_start: bool = Field(
         True, description="For local masters: JVM and Spark settings that cut start-up."

@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
         if cfg.engine == "spark":
             from etl.spark_engine import run_etl_spark
 
-            result = run_etl_spark(input_dir, out, cfg, date=day, as_of=run_day)
+            result = run_etl_spark(input_dir, out, cfg, date=day, as_of=run_day, collect=False)
         else:
             result = run_etl(input_dir, out, cfg, date=day, collect=False, as_of=run_day)
         counts = result.manifest["counts_by_date"].get(day.isoformat(), {}) if day else \
