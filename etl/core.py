@@ -564,19 +564,41 @@ def transform_partition(
     partition. Transitions carry the raw features in ``_raw_obs`` when ``g.scaling`` is None (the
     engine fits the scaling over all partitions and applies it), else the scaled ``observation``.
     """
-    space = g.space
-    spec = FeatureSpec.from_config(config, space)
-    events = with_codes(events, "events", space, config)
-    events = events.with_columns(event_reason(config, space, g.as_of_end_us))
+    spec = FeatureSpec.from_config(config, g.space)
+    events = with_codes(events, "events", g.space, config)
+    events = events.with_columns(event_reason(config, g.space, g.as_of_end_us))
     orders = orders.with_columns(order_reason(config, g.as_of_end_us))
-    bad_ev = events.filter(pl.col(REASON).is_not_null())
-    bad_od = orders.filter(pl.col(REASON).is_not_null())
+    quarantine = _quarantined(events, orders, g, config)
+    ev, od, counts, bot_sessions = _cleaned(events, orders, g, config)
+    decisions, excluded = _decisions(ev, bot_sessions, spec, config)
+    counts = pl.concat([counts, _excluded_counts(excluded, g)])
+    eps, all_eps, out_dec = _episodes(ev, decisions, g, config)
+    counts = pl.concat([counts, _unknown_context(out_dec, config)])
+    raw = raw_features(ev, od, out_dec, g.links, spec)
+    rewards = attribute(out_dec, ev, od, config)
+    trans = _transitions(out_dec, eps, all_eps, rewards, _observations(raw, g, spec), g.space)
+    return PartitionOutput(trans, quarantine.sort("source_table", "source_file", "row_number"),
+                           counts)
+
+
+def _quarantined(
+    events: pl.DataFrame, orders: pl.DataFrame, g: GlobalInputs, config: EtlConfig
+) -> pl.DataFrame:
+    """The rows that failed validation, within the dates this partition counts."""
     ctx = list(source_columns(config))
-    quarantine = pl.concat([
-        quarantine_rows(bad_ev, "events", ["action", *ctx]),
-        quarantine_rows(bad_od, "orders", []),
+    return pl.concat([
+        quarantine_rows(events.filter(pl.col(REASON).is_not_null()), "events", ["action", *ctx]),
+        quarantine_rows(orders.filter(pl.col(REASON).is_not_null()), "orders", []),
     ]).filter(_in_dates("partition_date", g.count_dates))
 
+
+def _cleaned(
+    events: pl.DataFrame, orders: pl.DataFrame, g: GlobalInputs, config: EtlConfig
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Valid rows cleaned (duplicates, bots, ... dropped with a reason), the row accounting,
+    and the sessions that turned out to be bots."""
+    bad_ev = events.filter(pl.col(REASON).is_not_null())
+    bad_od = orders.filter(pl.col(REASON).is_not_null())
     ev = prepare_events(events.filter(pl.col(REASON).is_null()), g.links, config, g.duplicates)
     od = prepare_orders(orders.filter(pl.col(REASON).is_null()), g.links, config, g.duplicates)
     counts = pl.concat([
@@ -588,36 +610,48 @@ def transform_partition(
         _counts(od.filter(pl.col(DROP).is_null()), "orders", "used", ""),
     ]).filter(_in_dates("date", g.count_dates))
     bot_sessions = ev.filter(pl.col(DROP) == "bot").select(SESSION).unique()
-    ev = ev.filter(pl.col(DROP).is_null())
-    od = od.filter(pl.col(DROP).is_null())
+    return (ev.filter(pl.col(DROP).is_null()), od.filter(pl.col(DROP).is_null()), counts,
+            bot_sessions)
 
-    # decisions of a session that turned bot stay in the feature history (the online hook cannot
-    # know the future) but make no transitions
+
+def _decisions(
+    ev: pl.DataFrame, bot_sessions: pl.DataFrame, spec: FeatureSpec, config: EtlConfig
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the decisions that make transitions, those of bot sessions). Decisions of a
+    session that turned bot stay in the feature history (the online hook cannot know the
+    future) but make no transitions."""
     base = ["decision_id", "event_type", "event_ts", "user_id", "anonymous_id", "session_id",
             USER, SESSION, LINK_USER, LINK_TS, "propensity", ACTION_IDX, ACTION_VAL]
-    own = [*ctx, *spec.row_columns, *config.outcomes.columns().values()]
+    own = [*source_columns(config), *spec.row_columns, *config.outcomes.columns().values()]
     if config.outcomes.columns():
         own.append("_fx")
     all_decisions = prepare_decisions(ev.select(*dict.fromkeys([*base, *own])))
-    if bot_sessions.height:
-        decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti",
-                                       maintain_order="left")
-        excluded = all_decisions.join(bot_sessions, on=SESSION, how="semi")
-    else:
-        decisions, excluded = all_decisions, all_decisions.clear()
-    excluded_counts = excluded.group_by(pl.col("event_ts").dt.date().alias("date")).agg(
+    if not bot_sessions.height:
+        return all_decisions, all_decisions.clear()
+    decisions = all_decisions.join(bot_sessions, on=SESSION, how="anti", maintain_order="left")
+    return decisions, all_decisions.join(bot_sessions, on=SESSION, how="semi")
+
+
+def _excluded_counts(excluded: pl.DataFrame, g: GlobalInputs) -> pl.DataFrame:
+    return excluded.group_by(pl.col("event_ts").dt.date().alias("date")).agg(
         pl.len().cast(pl.Int64).alias("n")
     ).select(pl.lit("decisions").alias("table"), "date", pl.lit("excluded").alias("outcome"),
              pl.lit("bot_session").alias("reason"), "n").filter(_in_dates("date", g.output_dates))
-    counts = pl.concat([counts, excluded_counts])
+
+
+def _episodes(
+    ev: pl.DataFrame, decisions: pl.DataFrame, g: GlobalInputs, config: EtlConfig
+) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """(episodes of the output decisions, every episode, the output decisions).
+
+    Episodes come episode by episode, in step order, with each decision's row number: the other
+    per-decision parts are gathered into that order (no joins on decision_id), which leaves the
+    final sort little to do."""
     session_last = None  # only session episodes end with their session's last event
     if episode_mode(config) == "recommendation":
         session_last = ev.group_by(SESSION).agg(
             pl.col("event_ts").dt.epoch("us").max().alias("_last")
         )
-    # episodes come episode by episode, in step order, with each decision's row number: the
-    # other per-decision parts are gathered into that order (no joins on decision_id), which
-    # leaves the final sort little to do
     eps = episodes(decisions.with_row_index(DEC_ROW), config, g.data_end_us, session_last,
                    keep=[DEC_ROW])
     all_eps, out_dec = eps, decisions
@@ -629,14 +663,26 @@ def transform_partition(
         at = emit.cast(pl.Int64).cum_sum() - 1  # the row within out_dec
         eps = eps.filter(emit.gather(eps[DEC_ROW]))
         eps = eps.with_columns(at.gather(eps[DEC_ROW]).cast(pl.UInt32).alias(DEC_ROW))
-    counts = pl.concat([counts, _unknown_context(out_dec, config)])
-    raw = raw_features(ev, od, out_dec, g.links, spec)
-    rewards = attribute(out_dec, ev, od, config)
+    return eps, all_eps, out_dec
+
+
+def _observations(raw: np.ndarray, g: GlobalInputs, spec: FeatureSpec) -> pl.Series:
+    """Scaled observations, or the raw features when the engine fits the scaling later."""
     n_feat = len(spec.names)
     if g.scaling is not None:
-        obs = pl.Series("observation", g.scaling.apply(raw), dtype=pl.Array(pl.Float32, n_feat))
-    else:
-        obs = pl.Series(RAW_OBS, raw, dtype=pl.Array(pl.Float64, n_feat))
+        return pl.Series("observation", g.scaling.apply(raw), dtype=pl.Array(pl.Float32, n_feat))
+    return pl.Series(RAW_OBS, raw, dtype=pl.Array(pl.Float64, n_feat))
+
+
+def _transitions(
+    out_dec: pl.DataFrame,
+    eps: pl.DataFrame,
+    all_eps: pl.DataFrame,
+    rewards: pl.DataFrame,
+    obs: pl.Series,
+    space: ActionSpace,
+) -> pl.DataFrame:
+    """One row per output decision in the transition schema, sorted by (episode, step)."""
     if space.continuous:
         action = pl.col(ACTION_VAL).cast(pl.Float32).reshape((-1, 1)).alias("action")
     else:
@@ -654,7 +700,7 @@ def transform_partition(
         joined = pl.concat(
             [eps.drop(DEC_ROW), parts.select(pl.all().gather(eps[DEC_ROW]))], how="horizontal"
         )
-    trans = joined.select(
+    return joined.select(
         "episode_id",
         "step",
         "decision_id",
@@ -674,8 +720,6 @@ def transform_partition(
         "discount_cost",
         "returns",
     ).sort("episode_id", "step")
-    return PartitionOutput(trans, quarantine.sort("source_table", "source_file", "row_number"),
-                           counts)
 
 
 def empty_quarantine() -> pl.DataFrame:
