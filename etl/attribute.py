@@ -54,10 +54,35 @@ def attribute(
     dec = decisions.select(
         "decision_id", USER, SESSION, pl.col("event_ts").dt.epoch("us").alias(_DEC)
     ).sort(_DEC, "decision_id")
+    lines = _order_lines(orders)
+    attributed = _attributed_lines(lines, dec, config)
+    placed_sum = attributed.group_by("decision_id").agg(
+        pl.col("rev").sum(), pl.col("mar").sum(), pl.col("dis").sum(),
+        pl.len().alias("n_lines"),
+    )
+    rev_sum = _reversals(lines, attributed, config).group_by("decision_id").agg(
+        (pl.col("mar") - pl.col("dis")).sum().alias("ret"), pl.col("rev").sum().alias("rev_back")
+    )
+    outcomes = config.outcomes.columns()
+    out = (
+        decisions.select("decision_id", *_outcome_values(outcomes))
+        .join(placed_sum, on="decision_id", how="left", maintain_order="left")
+        .join(rev_sum, on="decision_id", how="left", maintain_order="left")
+        .join(_activity(events, dec, config), on="decision_id", how="left",
+              maintain_order="left")
+        .with_columns(pl.exclude("decision_id").fill_null(0))
+    )
+    if outcomes:
+        out = out.with_columns(_outcome_parts(outcomes))
+    return _reward_parts(out, config)
+
+
+def _order_lines(orders: pl.DataFrame) -> pl.DataFrame:
+    """Order lines with their money in micro-units of the reporting currency."""
     value = pl.col("quantity").cast(pl.Float64) * pl.col("unit_price") * pl.col("_fx")
     disc = pl.col("discount_amount").fill_null(0.0) * pl.col("_fx")
     margin = pl.col("margin").fill_null(0.0) * pl.col("_fx")
-    lines = orders.select(
+    return orders.select(
         "order_id",
         line_key().alias("_line"),
         "status",
@@ -69,6 +94,11 @@ def attribute(
         _money(margin).alias("mar"),
         _money(disc).alias("dis"),
     )
+
+
+def _attributed_lines(lines: pl.DataFrame, dec: pl.DataFrame, config: EtlConfig) -> pl.DataFrame:
+    """Placed lines with the decision they go to: the last one of their session, or without a
+    session the user's last one within the attribution window."""
     placed = lines.filter(pl.col("status") == "placed")
     with_session = placed.filter(pl.col(SESSION).is_not_null()).sort("_ots")
     a1 = with_session.join_asof(
@@ -76,56 +106,49 @@ def attribute(
         check_sortedness=False,
     )
     no_session = placed.filter(pl.col(SESSION).is_null()).sort("_ots")
-    dec_user = dec.drop(SESSION)
     a2 = no_session.join_asof(
-        dec_user, left_on="_ots", right_on=_DEC, by=USER, strategy="backward",
+        dec.drop(SESSION), left_on="_ots", right_on=_DEC, by=USER, strategy="backward",
         tolerance=days_us(config.attribution_window_hours / 24), check_sortedness=False,
     )
-    attributed = pl.concat([a1.drop(SESSION), a2.drop(SESSION)], how="diagonal_relaxed").filter(
+    return pl.concat([a1.drop(SESSION), a2.drop(SESSION)], how="diagonal_relaxed").filter(
         pl.col("decision_id").is_not_null()
     )
-    settle = days_us(config.settlement_days)
-    reversals = lines.filter(pl.col("status") != "placed").join(
+
+
+def _reversals(lines: pl.DataFrame, attributed: pl.DataFrame, config: EtlConfig) -> pl.DataFrame:
+    """Cancellations, returns and refunds of attributed lines within the settlement window."""
+    return lines.filter(pl.col("status") != "placed").join(
         attributed.select(
             pl.col("order_id").alias("parent_order_id"), "_line", "decision_id", _DEC
         ),
         on=["parent_order_id", "_line"],
         how="inner",
-    ).filter(pl.col("_ots") <= pl.col(_DEC) + settle)
-    placed_sum = attributed.group_by("decision_id").agg(
-        pl.col("rev").sum(), pl.col("mar").sum(), pl.col("dis").sum(),
-        pl.len().alias("n_lines"),
-    )
-    rev_sum = reversals.group_by("decision_id").agg(
-        (pl.col("mar") - pl.col("dis")).sum().alias("ret"), pl.col("rev").sum().alias("rev_back")
-    )
+    ).filter(pl.col("_ots") <= pl.col(_DEC) + days_us(config.settlement_days))
 
-    kind = reward_kind(config)
-    outcomes = config.outcomes.columns()
+
+def _activity(events: pl.DataFrame, dec: pl.DataFrame, config: EtlConfig) -> pl.DataFrame:
+    """Clicks, carts and purchases per decision (the weighted reward's counts), unless the
+    decision rows carry those outcomes themselves."""
     acts = pl.DataFrame(schema={"decision_id": pl.String, "clicks": pl.Int64, "carts": pl.Int64,
                                 "buys": pl.Int64})
-    if kind == "weighted" and not {"click", "add_to_cart", "purchase"} <= set(outcomes):
-        ev = events.filter(pl.col("event_type").is_in(["click", "add_to_cart", "purchase"]))
-        ev = ev.select(
-            USER, SESSION, "event_type", pl.col("event_ts").dt.epoch("us").alias("_ets")
-        ).sort("_ets")
-        ev = ev.join_asof(dec, left_on="_ets", right_on=_DEC, by=[USER, SESSION],
-                          strategy="backward", check_sortedness=False)
-        acts = ev.filter(pl.col("decision_id").is_not_null()).group_by("decision_id").agg(
-            (pl.col("event_type") == "click").sum().cast(pl.Int64).alias("clicks"),
-            (pl.col("event_type") == "add_to_cart").sum().cast(pl.Int64).alias("carts"),
-            (pl.col("event_type") == "purchase").sum().cast(pl.Int64).alias("buys"),
-        )
-
-    out = (
-        decisions.select("decision_id", *_outcome_values(outcomes))
-        .join(placed_sum, on="decision_id", how="left", maintain_order="left")
-        .join(rev_sum, on="decision_id", how="left", maintain_order="left")
-        .join(acts, on="decision_id", how="left", maintain_order="left")
-        .with_columns(pl.exclude("decision_id").fill_null(0))
+    outcomes = config.outcomes.columns()
+    if reward_kind(config) != "weighted" or {"click", "add_to_cart", "purchase"} <= set(outcomes):
+        return acts
+    ev = events.filter(pl.col("event_type").is_in(["click", "add_to_cart", "purchase"]))
+    ev = ev.select(
+        USER, SESSION, "event_type", pl.col("event_ts").dt.epoch("us").alias("_ets")
+    ).sort("_ets")
+    ev = ev.join_asof(dec, left_on="_ets", right_on=_DEC, by=[USER, SESSION],
+                      strategy="backward", check_sortedness=False)
+    return ev.filter(pl.col("decision_id").is_not_null()).group_by("decision_id").agg(
+        (pl.col("event_type") == "click").sum().cast(pl.Int64).alias("clicks"),
+        (pl.col("event_type") == "add_to_cart").sum().cast(pl.Int64).alias("carts"),
+        (pl.col("event_type") == "purchase").sum().cast(pl.Int64).alias("buys"),
     )
-    if outcomes:
-        out = out.with_columns(_outcome_parts(outcomes))
+
+
+def _reward_parts(out: pl.DataFrame, config: EtlConfig) -> pl.DataFrame:
+    """The reward of the configured kind and its money parts, in the reporting currency."""
     revenue = pl.col("rev") / MICRO
     net_margin = (pl.col("mar") - pl.col("dis") - pl.col("ret")) / MICRO
     net_revenue = (pl.col("rev") - pl.col("rev_back")) / MICRO
@@ -137,7 +160,7 @@ def attribute(
         "purchase": purchase,
         "weighted": w.click * pl.col("clicks") + w.add_to_cart * pl.col("carts")
         + w.purchase * purchase + w.revenue * net_revenue,
-    }[kind]
+    }[reward_kind(config)]
     return out.select(
         "decision_id",
         reward.cast(pl.Float64).alias("reward"),
