@@ -72,28 +72,9 @@ def make_transitions(
         "decision_ts": pl.Series(base + micros).cast(pl.Datetime("us", "UTC")),
     }
     if continuous:
-        low, high = 0.0, 0.3
-        mean = np.clip(0.15 + 0.05 * obs[:, 0], low, high)
-        sd = 0.05
-        actions = np.clip(mean + rng.normal(0.0, sd, size=n), low, high).astype(np.float32)
-        density = np.exp(-0.5 * ((actions - mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
-        reward = 10.0 * (obs[:, 0] * actions - 2.0 * actions**2) + rng.normal(0, 0.1, size=n)
-        action_col: Any = pl.Series("action", actions.reshape(n, 1), dtype=pl.Array(pl.Float32, 1))
-        propensity = density
-        space: dict[str, Any] = {"type": "continuous", "low": [low], "high": [high]}
+        action_col, propensity, reward, space = _continuous_logs(rng, obs)
     else:
-        probs = softmax(obs.astype(np.float64) @ weights)
-        cum = probs.cumsum(axis=1)
-        actions_i = (rng.random((n, 1)) > cum).sum(axis=1).clip(0, n_actions - 1)
-        effects = np.random.default_rng(seed + 7).normal(0.0, 1.0, size=(n_actions, n_features))
-        reward = (obs * effects[actions_i]).sum(axis=1) + rng.normal(0, 0.1, size=n)
-        action_col = pl.Series("action", actions_i.astype(np.int32))
-        propensity = probs[np.arange(n), actions_i]
-        space = {
-            "type": "discrete",
-            "n": n_actions,
-            "labels": [f"a{i}" for i in range(n_actions)],
-        }
+        action_col, propensity, reward, space = _discrete_logs(rng, obs, weights, n_actions, seed)
     frame = pl.DataFrame(columns).with_columns(
         pl.Series("observation", obs, dtype=pl.Array(pl.Float32, n_features)),
         action_col,
@@ -120,6 +101,38 @@ def make_transitions(
         }
     )
     return frame, manifest
+
+
+def _continuous_logs(
+    rng: np.random.Generator, obs: np.ndarray
+) -> tuple[pl.Series, np.ndarray, np.ndarray, dict[str, Any]]:
+    """A Gaussian logging policy on [0, 0.3] around a mean linear in the first feature, and a
+    quadratic reward: (actions, densities, rewards, action space)."""
+    n = obs.shape[0]
+    low, high = 0.0, 0.3
+    mean = np.clip(0.15 + 0.05 * obs[:, 0], low, high)
+    sd = 0.05
+    actions = np.clip(mean + rng.normal(0.0, sd, size=n), low, high).astype(np.float32)
+    density = np.exp(-0.5 * ((actions - mean) / sd) ** 2) / (sd * np.sqrt(2 * np.pi))
+    reward = 10.0 * (obs[:, 0] * actions - 2.0 * actions**2) + rng.normal(0, 0.1, size=n)
+    action_col = pl.Series("action", actions.reshape(n, 1), dtype=pl.Array(pl.Float32, 1))
+    return action_col, density, reward, {"type": "continuous", "low": [low], "high": [high]}
+
+
+def _discrete_logs(
+    rng: np.random.Generator, obs: np.ndarray, weights: np.ndarray, n_actions: int, seed: int
+) -> tuple[pl.Series, np.ndarray, np.ndarray, dict[str, Any]]:
+    """A softmax logging policy linear in the features, and a reward linear in them per action:
+    (actions, propensities, rewards, action space)."""
+    n = obs.shape[0]
+    probs = softmax(obs.astype(np.float64) @ weights)
+    cum = probs.cumsum(axis=1)
+    actions_i = (rng.random((n, 1)) > cum).sum(axis=1).clip(0, n_actions - 1)
+    effects = np.random.default_rng(seed + 7).normal(0.0, 1.0, size=(n_actions, obs.shape[1]))
+    reward = (obs * effects[actions_i]).sum(axis=1) + rng.normal(0, 0.1, size=n)
+    action_col = pl.Series("action", actions_i.astype(np.int32))
+    space = {"type": "discrete", "n": n_actions, "labels": [f"a{i}" for i in range(n_actions)]}
+    return action_col, probs[np.arange(n), actions_i], reward, space
 
 
 def make_purchase_bandit(
