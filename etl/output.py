@@ -31,6 +31,7 @@ from etl.core import RAW_OBS
 from etl.episodes import episode_mode
 from etl.errors import EtlError
 from etl.features import FeatureSpec, Scaling
+from etl.manifest import Manifest
 from etl.schema import SCHEMA_VERSION
 from etl.validate import ActionSpace
 
@@ -218,8 +219,9 @@ def build_manifest(
     inputs: list[dict[str, str]],
     dates: list[str],
 ) -> dict[str, Any]:
-    """The ``_manifest.json`` of a dataset (the same for both engines)."""
-    return {
+    """The ``_manifest.json`` of a dataset (the same for both engines), checked against the typed
+    contract (:class:`etl.manifest.Manifest`) before it is written."""
+    manifest = {
         "schema_version": SCHEMA_VERSION,
         "scenario": config.scenario,
         "episode_mode": episode_mode(config),
@@ -243,6 +245,8 @@ def build_manifest(
                                   "workers"}
         ),
     }
+    Manifest.from_dict(manifest, source="the manifest being written")
+    return manifest
 
 
 def stored_manifest(config: EtlConfig, out_root: Path, prefer_existing: bool

@@ -36,6 +36,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl.errors import EtlError
+from etl.manifest import Manifest
 from etl.output import swap_dir, write_json, write_parquet
 from etl.schema import QUARANTINE_SCHEMA, SCHEMA_VERSION, TS, transition_schema
 
@@ -165,6 +166,7 @@ def import_steps(
     trans = _transitions(used, cols, config, labels, mean, std, width)
     manifest = _manifest(config, names, mean, std, labels, low, high, trans, quarantine, source)
     manifest["categories"] = vocabulary
+    Manifest.from_dict(manifest, source="the manifest being written")
     _write(trans, quarantine, manifest, Path(out))
     return ImportResult(trans, quarantine, manifest, Path(out))
 
