@@ -157,6 +157,83 @@ def _segment_cumsum(values: np.ndarray, parent: np.ndarray, n_parents: int) -> n
     return np.asarray(cs - offset[parent])
 
 
+@dataclass(frozen=True)
+class _Offer:
+    """A promotion round's actions as the engine uses them (one entry per decision)."""
+
+    rate: np.ndarray
+    """Discount rate (0 for free shipping)."""
+    perceived: np.ndarray
+    """The incentive as the user perceives it (free shipping is worth a rate per device)."""
+    free_ship: np.ndarray
+    action_i: np.ndarray
+    """Tier index (-1 in the continuous space)."""
+    action_f: np.ndarray
+    """Rate in the continuous space (NaN in the discrete one)."""
+
+
+def _promotion_offer(p: Pending, actions: np.ndarray, *, continuous: bool) -> _Offer:
+    n = p.size
+    if continuous:
+        rate = np.clip(np.asarray(actions, np.float64), 0.0, MAX_RATE)
+        return _Offer(
+            rate=rate,
+            perceived=rate,
+            free_ship=np.zeros(n, bool),
+            action_i=np.full(n, -1, np.int64),
+            action_f=rate,
+        )
+    action_i = np.asarray(actions, np.int64)
+    rate = TIER_RATE[action_i]
+    free_ship = action_i == 3
+    return _Offer(
+        rate=rate,
+        perceived=np.where(free_ship, FREE_SHIPPING_PERCEIVED[p.device], rate),
+        free_ship=free_ship,
+        action_i=action_i,
+        action_f=np.full(n, np.nan),
+    )
+
+
+@dataclass(frozen=True)
+class _Visits:
+    """Some of a round's decisions (the real users'), one entry per decision."""
+
+    users: np.ndarray
+    ts: np.ndarray
+    session: np.ndarray
+    device: np.ndarray
+    channel: np.ndarray
+    login: np.ndarray
+
+    @classmethod
+    def of(cls, p: Pending, rows: np.ndarray) -> _Visits:
+        return cls(
+            users=p.users[rows],
+            ts=p.ts[rows],
+            session=p.session[rows],
+            device=p.device[rows],
+            channel=p.channel[rows],
+            login=p.login_ts[rows],
+        )
+
+
+@dataclass(frozen=True)
+class _Lines:
+    """Order lines of the buyers, grouped by buyer (``parent``: the buyer's row, ``rank``: the
+    line's rank in its order)."""
+
+    n_lines: np.ndarray
+    """Lines per visit (0 for non-buyers)."""
+    parent: np.ndarray
+    rank: np.ndarray
+    item: np.ndarray
+    qty: np.ndarray
+    price: np.ndarray
+    disc: np.ndarray
+    margin: np.ndarray
+
+
 class Engine:
     """State of one simulation: population, catalogue, clock and the rows emitted so far."""
 
@@ -261,8 +338,13 @@ class Engine:
         if has.any():
             idx = sel[has]
             ev.add(
-                _u=p.users[idx], _s=p.session[idx], ts=p.login_ts[idx], etype=ET["other"],
-                _k=1, sdev=p.device[idx], _login=p.login_ts[idx],
+                _u=p.users[idx],
+                _s=p.session[idx],
+                ts=p.login_ts[idx],
+                etype=ET["other"],
+                _k=1,
+                sdev=p.device[idx],
+                _login=p.login_ts[idx],
             )
 
     def _reversals(
@@ -300,7 +382,9 @@ class Engine:
         if keep.any():
             orders.add(
                 **{k: v[keep] for k, v in cols.items()},
-                ts=ts_c[keep], status=1, rev_n=1,
+                ts=ts_c[keep],
+                status=1,
+                rev_n=1,
             )
         if returned.any():
             r_qty = np.where(dirt & (qty > 1) & (u_partial < 0.5), partial_q, qty)
@@ -329,9 +413,9 @@ class Engine:
             return self._pending_promotion()
         return self._pending_recommendation()
 
-    def step(self, p: Pending, actions: np.ndarray, propensity: np.ndarray) -> tuple[
-        dict[str, np.ndarray], dict[str, np.ndarray]
-    ]:
+    def step(
+        self, p: Pending, actions: np.ndarray, propensity: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Play one round out; returns the events and order-line blocks it emitted."""
         if self.config.scenario == "promotion":
             out = self._step_promotion(p, actions, propensity)
@@ -352,8 +436,14 @@ class Engine:
         obs = promotion_observation(pop, users, ts, device, channel)
         self.event_seq[users] = 0
         return Pending(
-            users=users, ts=ts, session=session, step=np.zeros(len(users), np.int32),
-            device=device, channel=channel, login_ts=login, observation=obs,
+            users=users,
+            ts=ts,
+            session=session,
+            step=np.zeros(len(users), np.int32),
+            device=device,
+            channel=channel,
+            login_ts=login,
+            observation=obs,
             is_bot=pop.is_bot[users],
         )
 
@@ -370,33 +460,55 @@ class Engine:
     def _step_promotion(
         self, p: Pending, actions: np.ndarray, propensity: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        pop, cat, _cfg = self.pop, self.catalog, self.config
         ev = Blocks(EVENT_COLUMNS)
         orders = Blocks(ORDER_COLUMNS)
-        n = p.size
-        if self.continuous:
-            rate = np.clip(np.asarray(actions, np.float64), 0.0, MAX_RATE)
-            perceived = rate
-            free_ship = np.zeros(n, bool)
-            action_i = np.full(n, -1, np.int64)
-            action_f = rate
-        else:
-            action_i = np.asarray(actions, np.int64)
-            rate = TIER_RATE[action_i]
-            free_ship = action_i == 3
-            perceived = np.where(free_ship, FREE_SHIPPING_PERCEIVED[p.device], rate)
-            action_f = np.full(n, np.nan)
+        offer = _promotion_offer(p, actions, continuous=self.continuous)
         ev.add(
-            _u=p.users, _s=p.session, ts=p.ts, etype=ET["decision"], _k=0, dstep=0,
-            action_i=action_i, action_f=action_f, prop=propensity, device=p.device,
-            channel=p.channel, sdev=p.device, _login=p.login_ts,
+            _u=p.users,
+            _s=p.session,
+            ts=p.ts,
+            etype=ET["decision"],
+            _k=0,
+            dstep=0,
+            action_i=offer.action_i,
+            action_f=offer.action_f,
+            prop=propensity,
+            device=p.device,
+            channel=p.channel,
+            sdev=p.device,
+            _login=p.login_ts,
         )
         real = np.flatnonzero(~p.is_bot)
         bots = np.flatnonzero(p.is_bot)
         self._login_events(ev, p, real)
-        truth: dict[str, np.ndarray] = {
-            "_u": p.users, "_s": p.session, "ts": p.ts, "step": p.step,
-            "action_i": action_i, "action_f": action_f, "prop": propensity,
+        truth = self._promotion_truth(p, offer, propensity)
+        self._promotion_real_users(ev, orders, p, real, offer, truth)
+        if len(bots):
+            self._promotion_bots(ev, p, bots)
+        # observable counters of everyone who decided this round
+        pop = self.pop
+        pop.n_sessions[p.users] += 1
+        incentive = (offer.rate >= 0.01) | offer.free_ship
+        pop.n_incentives[p.users] += incentive
+        pop.last_rate[p.users] = offer.rate
+        pop.last_ts[p.users] = p.ts
+        self.n_sessions_started += p.size
+        self.truth_parts.append(truth)
+        return ev.build(), orders.build()
+
+    def _promotion_truth(
+        self, p: Pending, offer: _Offer, propensity: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The round's truth block; purchase probability and churn are filled in later."""
+        pop, n = self.pop, p.size
+        return {
+            "_u": p.users,
+            "_s": p.session,
+            "ts": p.ts,
+            "step": p.step,
+            "action_i": offer.action_i,
+            "action_f": offer.action_f,
+            "prop": propensity,
             "is_bot": p.is_bot,
             "h_price_sensitivity": pop.price_sensitivity[p.users].copy(),
             "h_discount_expectation": pop.discount_expectation[p.users].copy(),
@@ -405,87 +517,52 @@ class Engine:
             "h_purchase_probability": np.zeros(n),
             "churned": np.zeros(n, bool),
         }
-        # ---- real users
+
+    def _promotion_real_users(
+        self,
+        ev: Blocks,
+        orders: Blocks,
+        p: Pending,
+        real: np.ndarray,
+        offer: _Offer,
+        truth: dict[str, np.ndarray],
+    ) -> None:
+        """The real users' sessions: purchase decision, browsing, basket, order, then the
+        expectation, churn and next visit."""
+        pop = self.pop
         rng = self._rng(_S_OUTCOME)
-        u = p.users[real]
-        m = len(u)
+        v = _Visits.of(p, real)
+        u = v.users
         s, e = pop.price_sensitivity[u], pop.discount_expectation[u]
         n_ord = pop.n_orders[u]
-        dev, ch = p.device[real], p.channel[real]
-        gap = perceived[real] - e
+        gap = offer.perceived[real] - e
         response = self.config.promotion_response
         lift = sensitivity(s, n_ord) * np.where(gap >= 0, gap, response.loss_aversion * gap)
         logit = (
-            BASE_LOGIT + pop.intent[u] - FULL_PRICE_AVERSION * s + HABIT * np.log1p(n_ord)
-            + CHANNEL_EFFECT[ch]
-            + DEVICE_EFFECT[dev] + lift
+            BASE_LOGIT
+            + pop.intent[u]
+            - FULL_PRICE_AVERSION * s
+            + HABIT * np.log1p(n_ord)
+            + CHANNEL_EFFECT[v.channel]
+            + DEVICE_EFFECT[v.device]
+            + lift
         )
         p_buy = sigmoid(logit)
         keyed = self._keyed_uniforms(u, 3)
         buy = keyed[:, 0] < p_buy
         truth["h_purchase_probability"][real] = p_buy
-        t0 = p.ts[real]
-        sess = p.session[real]
-        login = p.login_ts[real]
-        # page views and item views
-        n_pv = 1 + rng.poisson(1.2 + 2.0 * buy)
-        par, t_pv, t_last = self._page_views(rng, n_pv, t0, 30.0)
-        ev.add(_u=u[par], _s=sess[par], ts=t_pv, etype=ET["page_view"], _k=2,
-               sdev=dev[par], _login=login[par])
-        viewed = rng.random(len(par)) < 0.6
-        vi_item = cat.draw_items(rng, pop.prefs[u[par]])
-        vpar = par[viewed]
-        vi_ts = t_pv[viewed] + ((1 + 5 * rng.random(len(vpar))) * US_PER_S).astype(np.int64)
-        ev.add(_u=u[vpar], _s=sess[vpar], ts=vi_ts, etype=ET["view_item"], _k=3,
-               item=vi_item[viewed], price=cat.price[vi_item[viewed]], sdev=dev[vpar],
-               _login=login[vpar])
-        # baskets of buyers
-        n_lines = np.where(buy, 1 + rng.binomial(3, EXTRA_LINE_P[dev]), 0)
-        lpar, lrank = _segments(n_lines)
-        l_item = cat.draw_items(rng, pop.prefs[u[lpar]])
-        l_qty = (1 + rng.poisson(0.25, len(lpar))).astype(np.int32)
-        l_price = cat.price[l_item]
-        l_margin = np.round(l_qty * (l_price - cat.cost[l_item]), 2)
-        l_disc = np.round(l_qty * l_price * rate[real][lpar], 2)
-        l_disc = np.where(free_ship[real][lpar] & (lrank == 0), SHIPPING_FEE, l_disc)
-        cart_ts = t_last[lpar] + (8 * (lrank + 1)) * US_PER_S
-        ev.add(_u=u[lpar], _s=sess[lpar], ts=cart_ts, etype=ET["add_to_cart"], _k=4,
-               item=l_item, price=l_price, sdev=dev[lpar], _login=login[lpar])
-        # a buyer sometimes drops an extra item; a non-buyer sometimes abandons a cart
-        extra = rng.random(m) < np.where(buy, 0.1, 0.12)
-        x_item = cat.draw_items(rng, pop.prefs[u])
-        x_ts = t_last + (8 * (n_lines + 1)) * US_PER_S
-        remove = extra & (buy | (rng.random(m) < 0.4))
-        checkout_abandon = extra & ~buy & (rng.random(m) < 0.3)
-        ix = np.flatnonzero(extra)
-        ev.add(_u=u[ix], _s=sess[ix], ts=x_ts[ix], etype=ET["add_to_cart"], _k=4,
-               item=x_item[ix], price=cat.price[x_item[ix]], sdev=dev[ix], _login=login[ix])
-        ir = np.flatnonzero(remove)
-        ev.add(_u=u[ir], _s=sess[ir], ts=x_ts[ir] + 5 * US_PER_S, etype=ET["remove_from_cart"],
-               _k=5, item=x_item[ir], price=cat.price[x_item[ir]], sdev=dev[ir],
-               _login=login[ir])
-        co_ts = x_ts + 20 * US_PER_S
-        ic = np.flatnonzero(buy | checkout_abandon)
-        ev.add(_u=u[ic], _s=sess[ic], ts=co_ts[ic], etype=ET["begin_checkout"], _k=6,
-               sdev=dev[ic], _login=login[ic])
-        ib = np.flatnonzero(buy)
-        order_ts = co_ts[ib] + 45 * US_PER_S
-        line_order = np.searchsorted(ib, lpar)  # lines are grouped by buyer, buyers sorted
-        revenue = np.bincount(line_order, l_qty * l_price - l_disc, minlength=len(ib))
-        ev.add(_u=u[ib], _s=sess[ib], ts=order_ts, etype=ET["purchase"], _k=7,
-               price=np.round(revenue, 2), order=True, sdev=dev[ib], _login=login[ib])
-        cols = {
-            "_u": u[lpar], "_s": sess[lpar], "line": (lrank + 1).astype(np.int32),
-            "item": l_item, "qty": l_qty, "price": l_price, "disc": l_disc,
-            "margin": l_margin, "sdev": dev[lpar],
-        }
-        orders.add(**cols, ts=order_ts[line_order], status=0, rev_n=0)
-        extra_return = 1.0 + 2.0 * s[lpar] * perceived[real][lpar]
-        self._reversals(rng, orders, line_order, order_ts, cols, extra_return)
+        t_last = self._promotion_browsing(rng, ev, v, buy)
+        lines = self._promotion_basket(
+            rng, ev, v, buy, t_last, offer.rate[real], offer.free_ship[real]
+        )
+        co_ts = self._promotion_cart_extras(rng, ev, v, buy, t_last, lines.n_lines)
+        extra_return = 1.0 + 2.0 * s[lines.parent] * offer.perceived[real][lines.parent]
+        self._promotion_orders(rng, ev, orders, v, buy, co_ts, lines, extra_return)
         # state: expectation, churn, counters
-        pr = perceived[real]
+        pr = offer.perceived[real]
         pop.discount_expectation[u] = np.where(
-            pr > e, e + response.expectation_rise * (pr - e),
+            pr > e,
+            e + response.expectation_rise * (pr - e),
             e * (1.0 - response.expectation_decay),
         )
         churn_logit = (
@@ -494,30 +571,201 @@ class Engine:
         churned = keyed[:, 1] < sigmoid(churn_logit)
         truth["churned"][real] = churned
         pop.n_orders[u] += buy
-        self._next_visit(rng, u, t0, churned, keyed[:, 2])
-        # ---- bots: huge page-view bursts, never a cart
-        if len(bots):
-            brng = self._rng(_S_BOT_OUTCOME)
-            bu = p.users[bots]
-            n_pv = 30 + brng.poisson(40, len(bu))
-            par, t_pv, _ = self._page_views(brng, n_pv, p.ts[bots], 1.5)
-            bs, bd = p.session[bots], p.device[bots]
-            ev.add(_u=bu[par], _s=bs[par], ts=t_pv, etype=ET["page_view"], _k=2, sdev=bd[par])
-            viewed = brng.random(len(par)) < 0.9
-            item = brng.integers(0, len(cat.price), len(par))[viewed]
-            vpar = par[viewed]
-            ev.add(_u=bu[vpar], _s=bs[vpar], ts=t_pv[viewed] + US_PER_S // 2,
-                   etype=ET["view_item"], _k=3, item=item, price=cat.price[item], sdev=bd[vpar])
-            self._next_visit(brng, bu, p.ts[bots], np.zeros(len(bu), bool))
-        # observable counters of everyone who decided this round
-        pop.n_sessions[p.users] += 1
-        incentive = (rate >= 0.01) | free_ship
-        pop.n_incentives[p.users] += incentive
-        pop.last_rate[p.users] = rate
-        pop.last_ts[p.users] = p.ts
-        self.n_sessions_started += n
-        self.truth_parts.append(truth)
-        return ev.build(), orders.build()
+        self._next_visit(rng, u, v.ts, churned, keyed[:, 2])
+
+    def _promotion_browsing(
+        self, rng: np.random.Generator, ev: Blocks, v: _Visits, buy: np.ndarray
+    ) -> np.ndarray:
+        """Page views and item views (more of them for buyers); returns each session's last
+        page-view time."""
+        pop, cat = self.pop, self.catalog
+        u, sess, dev, login = v.users, v.session, v.device, v.login
+        n_pv = 1 + rng.poisson(1.2 + 2.0 * buy)
+        par, t_pv, t_last = self._page_views(rng, n_pv, v.ts, 30.0)
+        ev.add(
+            _u=u[par],
+            _s=sess[par],
+            ts=t_pv,
+            etype=ET["page_view"],
+            _k=2,
+            sdev=dev[par],
+            _login=login[par],
+        )
+        viewed = rng.random(len(par)) < 0.6
+        vi_item = cat.draw_items(rng, pop.prefs[u[par]])
+        vpar = par[viewed]
+        vi_ts = t_pv[viewed] + ((1 + 5 * rng.random(len(vpar))) * US_PER_S).astype(np.int64)
+        ev.add(
+            _u=u[vpar],
+            _s=sess[vpar],
+            ts=vi_ts,
+            etype=ET["view_item"],
+            _k=3,
+            item=vi_item[viewed],
+            price=cat.price[vi_item[viewed]],
+            sdev=dev[vpar],
+            _login=login[vpar],
+        )
+        return t_last
+
+    def _promotion_basket(
+        self,
+        rng: np.random.Generator,
+        ev: Blocks,
+        v: _Visits,
+        buy: np.ndarray,
+        t_last: np.ndarray,
+        rate: np.ndarray,
+        free_ship: np.ndarray,
+    ) -> _Lines:
+        """The buyers' basket lines (discounted at ``rate``, or the shipping fee off the first
+        line with free shipping) and their add-to-cart events."""
+        pop, cat = self.pop, self.catalog
+        u, sess, dev, login = v.users, v.session, v.device, v.login
+        n_lines = np.where(buy, 1 + rng.binomial(3, EXTRA_LINE_P[dev]), 0)
+        lpar, lrank = _segments(n_lines)
+        l_item = cat.draw_items(rng, pop.prefs[u[lpar]])
+        l_qty = (1 + rng.poisson(0.25, len(lpar))).astype(np.int32)
+        l_price = cat.price[l_item]
+        l_margin = np.round(l_qty * (l_price - cat.cost[l_item]), 2)
+        l_disc = np.round(l_qty * l_price * rate[lpar], 2)
+        l_disc = np.where(free_ship[lpar] & (lrank == 0), SHIPPING_FEE, l_disc)
+        cart_ts = t_last[lpar] + (8 * (lrank + 1)) * US_PER_S
+        ev.add(
+            _u=u[lpar],
+            _s=sess[lpar],
+            ts=cart_ts,
+            etype=ET["add_to_cart"],
+            _k=4,
+            item=l_item,
+            price=l_price,
+            sdev=dev[lpar],
+            _login=login[lpar],
+        )
+        return _Lines(n_lines, lpar, lrank, l_item, l_qty, l_price, l_disc, l_margin)
+
+    def _promotion_cart_extras(
+        self,
+        rng: np.random.Generator,
+        ev: Blocks,
+        v: _Visits,
+        buy: np.ndarray,
+        t_last: np.ndarray,
+        n_lines: np.ndarray,
+    ) -> np.ndarray:
+        """A buyer sometimes drops an extra item; a non-buyer sometimes abandons a cart (at the
+        checkout or before). Returns each session's checkout time."""
+        pop, cat = self.pop, self.catalog
+        u, sess, dev, login = v.users, v.session, v.device, v.login
+        m = len(u)
+        extra = rng.random(m) < np.where(buy, 0.1, 0.12)
+        x_item = cat.draw_items(rng, pop.prefs[u])
+        x_ts = t_last + (8 * (n_lines + 1)) * US_PER_S
+        remove = extra & (buy | (rng.random(m) < 0.4))
+        checkout_abandon = extra & ~buy & (rng.random(m) < 0.3)
+        ix = np.flatnonzero(extra)
+        ev.add(
+            _u=u[ix],
+            _s=sess[ix],
+            ts=x_ts[ix],
+            etype=ET["add_to_cart"],
+            _k=4,
+            item=x_item[ix],
+            price=cat.price[x_item[ix]],
+            sdev=dev[ix],
+            _login=login[ix],
+        )
+        ir = np.flatnonzero(remove)
+        ev.add(
+            _u=u[ir],
+            _s=sess[ir],
+            ts=x_ts[ir] + 5 * US_PER_S,
+            etype=ET["remove_from_cart"],
+            _k=5,
+            item=x_item[ir],
+            price=cat.price[x_item[ir]],
+            sdev=dev[ir],
+            _login=login[ir],
+        )
+        co_ts = x_ts + 20 * US_PER_S
+        ic = np.flatnonzero(buy | checkout_abandon)
+        ev.add(
+            _u=u[ic],
+            _s=sess[ic],
+            ts=co_ts[ic],
+            etype=ET["begin_checkout"],
+            _k=6,
+            sdev=dev[ic],
+            _login=login[ic],
+        )
+        return np.asarray(co_ts)
+
+    def _promotion_orders(
+        self,
+        rng: np.random.Generator,
+        ev: Blocks,
+        orders: Blocks,
+        v: _Visits,
+        buy: np.ndarray,
+        co_ts: np.ndarray,
+        lines: _Lines,
+        extra_return: np.ndarray,
+    ) -> None:
+        """The buyers' purchase events and order lines, then their cancellations and returns."""
+        u, sess, dev, login = v.users, v.session, v.device, v.login
+        lpar = lines.parent
+        ib = np.flatnonzero(buy)
+        order_ts = co_ts[ib] + 45 * US_PER_S
+        line_order = np.searchsorted(ib, lpar)  # lines are grouped by buyer, buyers sorted
+        revenue = np.bincount(line_order, lines.qty * lines.price - lines.disc, minlength=len(ib))
+        ev.add(
+            _u=u[ib],
+            _s=sess[ib],
+            ts=order_ts,
+            etype=ET["purchase"],
+            _k=7,
+            price=np.round(revenue, 2),
+            order=True,
+            sdev=dev[ib],
+            _login=login[ib],
+        )
+        cols = {
+            "_u": u[lpar],
+            "_s": sess[lpar],
+            "line": (lines.rank + 1).astype(np.int32),
+            "item": lines.item,
+            "qty": lines.qty,
+            "price": lines.price,
+            "disc": lines.disc,
+            "margin": lines.margin,
+            "sdev": dev[lpar],
+        }
+        orders.add(**cols, ts=order_ts[line_order], status=0, rev_n=0)
+        self._reversals(rng, orders, line_order, order_ts, cols, extra_return)
+
+    def _promotion_bots(self, ev: Blocks, p: Pending, bots: np.ndarray) -> None:
+        """Bots: huge page-view bursts, never a cart."""
+        cat = self.catalog
+        brng = self._rng(_S_BOT_OUTCOME)
+        bu = p.users[bots]
+        n_pv = 30 + brng.poisson(40, len(bu))
+        par, t_pv, _ = self._page_views(brng, n_pv, p.ts[bots], 1.5)
+        bs, bd = p.session[bots], p.device[bots]
+        ev.add(_u=bu[par], _s=bs[par], ts=t_pv, etype=ET["page_view"], _k=2, sdev=bd[par])
+        viewed = brng.random(len(par)) < 0.9
+        item = brng.integers(0, len(cat.price), len(par))[viewed]
+        vpar = par[viewed]
+        ev.add(
+            _u=bu[vpar],
+            _s=bs[vpar],
+            ts=t_pv[viewed] + US_PER_S // 2,
+            etype=ET["view_item"],
+            _k=3,
+            item=item,
+            price=cat.price[item],
+            sdev=bd[vpar],
+        )
+        self._next_visit(brng, bu, p.ts[bots], np.zeros(len(bu), bool))
 
     # ------------------------------------------------------------------ recommendation
     def _pending_recommendation(self) -> Pending | None:
@@ -544,156 +792,71 @@ class Engine:
             self.event_seq[users] = 0
         users = np.flatnonzero(self.in_session)
         obs = recommendation_observation(
-            pop, users, self.cur_device[users], self.cur_channel[users], self.cur_step[users],
+            pop,
+            users,
+            self.cur_device[users],
+            self.cur_channel[users],
+            self.cur_step[users],
             self.session_recs[users],
         )
         return Pending(
-            users=users, ts=self.page_ts[users], session=self.cur_session[users],
-            step=self.cur_step[users].copy(), device=self.cur_device[users],
-            channel=self.cur_channel[users], login_ts=self.cur_login[users], observation=obs,
+            users=users,
+            ts=self.page_ts[users],
+            session=self.cur_session[users],
+            step=self.cur_step[users].copy(),
+            device=self.cur_device[users],
+            channel=self.cur_channel[users],
+            login_ts=self.cur_login[users],
+            observation=obs,
             is_bot=pop.is_bot[users],
         )
 
     def _step_recommendation(
         self, p: Pending, actions: np.ndarray, propensity: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        pop, cat, cfg = self.pop, self.catalog, self.config
-        k_cat = cfg.n_categories
         ev = Blocks(EVENT_COLUMNS)
         orders = Blocks(ORDER_COLUMNS)
-        n = p.size
         a = np.asarray(actions, np.int64)
         ev.add(
-            _u=p.users, _s=p.session, ts=p.ts, etype=ET["decision"], _k=0, dstep=p.step,
-            action_i=a, prop=propensity, device=p.device, channel=p.channel, sdev=p.device,
+            _u=p.users,
+            _s=p.session,
+            ts=p.ts,
+            etype=ET["decision"],
+            _k=0,
+            dstep=p.step,
+            action_i=a,
+            prop=propensity,
+            device=p.device,
+            channel=p.channel,
+            sdev=p.device,
             _login=p.login_ts,
         )
         first_step = np.flatnonzero(p.step == 0)
         self._login_events(ev, p, first_step)
         pv_ts = p.ts + US_PER_S // 2
-        ev.add(_u=p.users, _s=p.session, ts=pv_ts, etype=ET["page_view"], _k=2, sdev=p.device,
-               _login=p.login_ts)
-        truth: dict[str, np.ndarray] = {
-            "_u": p.users, "_s": p.session, "ts": p.ts, "step": p.step,
-            "action_i": a, "action_f": np.full(n, np.nan), "prop": propensity,
-            "is_bot": p.is_bot,
-            "h_churn_risk": pop.churn_risk[p.users].copy(),
-            "h_preference_of_action": pop.prefs[p.users, a].copy(),
-            "h_click_probability": np.zeros(n),
-            "click": np.zeros(n), "add_to_cart": np.zeros(n), "purchase": np.zeros(n),
-            "revenue": np.zeros(n), "churned": np.zeros(n, bool), "last": np.zeros(n, bool),
-        }
+        ev.add(
+            _u=p.users,
+            _s=p.session,
+            ts=pv_ts,
+            etype=ET["page_view"],
+            _k=2,
+            sdev=p.device,
+            _login=p.login_ts,
+        )
+        truth = self._recommendation_truth(p, a, propensity)
         real = np.flatnonzero(~p.is_bot)
         bots = np.flatnonzero(p.is_bot)
-        cont = np.zeros(n, bool)
+        cont = np.zeros(p.size, bool)
         # ---- real users
         rng = self._rng(_S_OUTCOME)
-        u, ar, ts = p.users[real], a[real], p.ts[real]
-        m = len(u)
-        sess, dev, login = p.session[real], p.device[real], p.login_ts[real]
-        recs = self.session_recs[u, ar]
-        click_logit = (
-            -1.3 + 1.0 * np.log(k_cat * pop.prefs[u, ar] + 1e-3) - 0.7 * recs
-            + 0.3 * (dev == 2) + 0.3 * pop.intent[u]
-        )
-        p_click = sigmoid(click_logit)
-        truth["h_click_probability"][real] = p_click
-        click = rng.random(m) < p_click
-        c_item = cat.items_in(rng, ar)
-        ic = np.flatnonzero(click)
-        ev.add(_u=u[ic], _s=sess[ic], ts=ts[ic] + 3 * US_PER_S, etype=ET["click"], _k=3,
-               item=c_item[ic], price=cat.price[c_item[ic]], position=1, sdev=dev[ic],
-               _login=login[ic])
-        ev.add(_u=u[ic], _s=sess[ic], ts=ts[ic] + 4 * US_PER_S, etype=ET["view_item"], _k=4,
-               item=c_item[ic], price=cat.price[c_item[ic]], sdev=dev[ic], _login=login[ic])
-        organic = rng.random(m) < 0.35
-        o_item = cat.draw_items(rng, pop.prefs[u])
-        io = np.flatnonzero(organic)
-        ev.add(_u=u[io], _s=sess[io], ts=ts[io] + 6 * US_PER_S, etype=ET["view_item"], _k=5,
-               item=o_item[io], price=cat.price[o_item[io]], sdev=dev[io], _login=login[io])
-        carted = click & (rng.random(m) < 0.22 + 0.1 * (pop.intent[u] > 0))
-        ia = np.flatnonzero(carted)
-        ev.add(_u=u[ia], _s=sess[ia], ts=ts[ia] + 10 * US_PER_S, etype=ET["add_to_cart"], _k=6,
-               item=c_item[ia], price=cat.price[c_item[ia]], sdev=dev[ia], _login=login[ia])
-        self.cart[u[ia], self.cart_n[u[ia]]] = c_item[ia]
-        self.cart_n[u[ia]] += 1
-        np.add.at(pop.views, (u[ic], ar[ic]), 1.0)
-        np.add.at(pop.views, (u[io], cat.category[o_item[io]]), 1.0)
-        self.session_clicks[u] += click
-        truth["click"][real] = click
-        truth["add_to_cart"][real] = carted
-        step_next = p.step[real] + 1
-        go_on = (rng.random(m) < sigmoid(0.6 + 0.9 * click - 0.15 * p.step[real])) & (
-            step_next < cfg.max_pages
-        )
+        v = _Visits.of(p, real)
+        go_on = self._recommendation_page(rng, ev, v, a[real], p.step[real], truth, real)
         cont[real] = go_on
-        next_gap = ((15 + rng.exponential(35.0, m)) * US_PER_S).astype(np.int64)
-        self.page_ts[u] = ts + next_gap
-        # sessions that end here: checkout of the cart, churn or the next visit
-        end = np.flatnonzero(~go_on)
-        ue = u[end]
-        has_cart = self.cart_n[ue] > 0
-        buy = has_cart & (rng.random(len(end)) < 0.5)
-        drop = has_cart & ~buy & (rng.random(len(end)) < 0.3)
-        ib = end[buy]
-        ub = ue[buy]
-        co_ts = ts[ib] + 20 * US_PER_S
-        order_ts = co_ts + 30 * US_PER_S
-        ev.add(_u=ub, _s=sess[ib], ts=co_ts, etype=ET["begin_checkout"], _k=7, sdev=dev[ib],
-               _login=login[ib])
-        n_lines = self.cart_n[ub]
-        lpar, lrank = _segments(n_lines)
-        l_item = self.cart[ub[lpar], lrank]
-        l_qty = (1 + rng.poisson(0.2, len(lpar))).astype(np.int32)
-        l_price = cat.price[l_item]
-        l_margin = np.round(l_qty * (l_price - cat.cost[l_item]), 2)
-        revenue = np.bincount(lpar, l_qty * l_price, minlength=len(ub))
-        ev.add(_u=ub, _s=sess[ib], ts=order_ts, etype=ET["purchase"], _k=8,
-               price=np.round(revenue, 2), order=True, sdev=dev[ib], _login=login[ib])
-        cols = {
-            "_u": ub[lpar], "_s": sess[ib][lpar], "line": (lrank + 1).astype(np.int32),
-            "item": l_item, "qty": l_qty, "price": l_price, "disc": np.zeros(len(lpar)),
-            "margin": l_margin, "sdev": dev[ib][lpar],
-        }
-        orders.add(**cols, ts=order_ts[lpar], status=0, rev_n=0)
-        self._reversals(rng, orders, lpar, order_ts, cols, np.ones(len(lpar)))
-        idrop = end[drop]
-        d_item = self.cart[u[idrop], 0]
-        ev.add(_u=u[idrop], _s=sess[idrop], ts=ts[idrop] + 25 * US_PER_S,
-               etype=ET["remove_from_cart"], _k=7, item=d_item, price=cat.price[d_item],
-               sdev=dev[idrop], _login=login[idrop])
-        pur = np.zeros(m)
-        rev = np.zeros(m)
-        pur[ib] = 1.0
-        rev[ib] = revenue
-        truth["purchase"][real] = pur
-        truth["revenue"][real] = rev
-        churn_logit = (
-            np.log(pop.churn_risk[ue] / (1 - pop.churn_risk[ue]))
-            - 0.15 * self.session_clicks[ue] - 0.5 * buy
-        )
-        churned = rng.random(len(end)) < sigmoid(churn_logit)
-        ch_full = np.zeros(m, bool)
-        ch_full[end] = churned
-        truth["churned"][real] = ch_full
-        pop.n_orders[ub] += 1
-        self._next_visit(rng, ue, self.cur_start[ue], churned)
-        # ---- bots: a burst of item views on every page, always max_pages pages
+        self._recommendation_session_ends(rng, ev, orders, v, np.flatnonzero(~go_on), truth, real)
         if len(bots):
-            brng = self._rng(_S_BOT_OUTCOME)
-            bu = p.users[bots]
-            n_vi = 5 + brng.poisson(15, len(bu))
-            par, rank = _segments(n_vi)
-            item = brng.integers(0, len(cat.price), len(par))
-            vts = p.ts[bots][par] + US_PER_S + rank * (US_PER_S // 2)
-            ev.add(_u=bu[par], _s=p.session[bots][par], ts=vts, etype=ET["view_item"], _k=5,
-                   item=item, price=cat.price[item], sdev=p.device[bots][par])
-            bnext = p.step[bots] + 1 < cfg.max_pages
-            cont[bots] = bnext
-            self.page_ts[bu] = p.ts[bots] + 15 * US_PER_S
-            bend = bu[~bnext]
-            self._next_visit(brng, bend, self.cur_start[bend], np.zeros(len(bend), bool))
+            self._recommendation_bots(ev, p, bots, cont)
         # bookkeeping
+        pop = self.pop
         self.session_recs[p.users, a] += 1.0
         self.cur_step[p.users] += 1
         ended = p.users[~cont]
@@ -703,3 +866,265 @@ class Engine:
         pop.last_ts[ended] = self.cur_start[ended]
         self.truth_parts.append(truth)
         return ev.build(), orders.build()
+
+    def _recommendation_truth(
+        self, p: Pending, a: np.ndarray, propensity: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """The round's truth block; the outcomes are filled in later."""
+        pop, n = self.pop, p.size
+        return {
+            "_u": p.users,
+            "_s": p.session,
+            "ts": p.ts,
+            "step": p.step,
+            "action_i": a,
+            "action_f": np.full(n, np.nan),
+            "prop": propensity,
+            "is_bot": p.is_bot,
+            "h_churn_risk": pop.churn_risk[p.users].copy(),
+            "h_preference_of_action": pop.prefs[p.users, a].copy(),
+            "h_click_probability": np.zeros(n),
+            "click": np.zeros(n),
+            "add_to_cart": np.zeros(n),
+            "purchase": np.zeros(n),
+            "revenue": np.zeros(n),
+            "churned": np.zeros(n, bool),
+            "last": np.zeros(n, bool),
+        }
+
+    def _recommendation_page(
+        self,
+        rng: np.random.Generator,
+        ev: Blocks,
+        v: _Visits,
+        ar: np.ndarray,
+        step: np.ndarray,
+        truth: dict[str, np.ndarray],
+        real: np.ndarray,
+    ) -> np.ndarray:
+        """The real users' page: a click on the recommended category ``ar``, an organic item
+        view, add to cart; returns whether each session goes on to another page."""
+        pop = self.pop
+        u, ts, dev = v.users, v.ts, v.device
+        m = len(u)
+        recs = self.session_recs[u, ar]
+        click_logit = (
+            -1.3
+            + 1.0 * np.log(self.config.n_categories * pop.prefs[u, ar] + 1e-3)
+            - 0.7 * recs
+            + 0.3 * (dev == 2)
+            + 0.3 * pop.intent[u]
+        )
+        p_click = sigmoid(click_logit)
+        truth["h_click_probability"][real] = p_click
+        click = rng.random(m) < p_click
+        carted = self._recommendation_views(rng, ev, v, ar, click)
+        self.session_clicks[u] += click
+        truth["click"][real] = click
+        truth["add_to_cart"][real] = carted
+        step_next = step + 1
+        go_on = (rng.random(m) < sigmoid(0.6 + 0.9 * click - 0.15 * step)) & (
+            step_next < self.config.max_pages
+        )
+        next_gap = ((15 + rng.exponential(35.0, m)) * US_PER_S).astype(np.int64)
+        self.page_ts[u] = ts + next_gap
+        return np.asarray(go_on)
+
+    def _recommendation_views(
+        self, rng: np.random.Generator, ev: Blocks, v: _Visits, ar: np.ndarray, click: np.ndarray
+    ) -> np.ndarray:
+        """The real users' clicks on the recommendation (an item of category ``ar``), organic
+        item views and adds to cart (of the clicked item); returns who added to cart."""
+        pop, cat = self.pop, self.catalog
+        u, ts, sess, dev, login = v.users, v.ts, v.session, v.device, v.login
+        m = len(u)
+        c_item = cat.items_in(rng, ar)
+        ic = np.flatnonzero(click)
+        ev.add(
+            _u=u[ic],
+            _s=sess[ic],
+            ts=ts[ic] + 3 * US_PER_S,
+            etype=ET["click"],
+            _k=3,
+            item=c_item[ic],
+            price=cat.price[c_item[ic]],
+            position=1,
+            sdev=dev[ic],
+            _login=login[ic],
+        )
+        ev.add(
+            _u=u[ic],
+            _s=sess[ic],
+            ts=ts[ic] + 4 * US_PER_S,
+            etype=ET["view_item"],
+            _k=4,
+            item=c_item[ic],
+            price=cat.price[c_item[ic]],
+            sdev=dev[ic],
+            _login=login[ic],
+        )
+        organic = rng.random(m) < 0.35
+        o_item = cat.draw_items(rng, pop.prefs[u])
+        io = np.flatnonzero(organic)
+        ev.add(
+            _u=u[io],
+            _s=sess[io],
+            ts=ts[io] + 6 * US_PER_S,
+            etype=ET["view_item"],
+            _k=5,
+            item=o_item[io],
+            price=cat.price[o_item[io]],
+            sdev=dev[io],
+            _login=login[io],
+        )
+        carted = click & (rng.random(m) < 0.22 + 0.1 * (pop.intent[u] > 0))
+        ia = np.flatnonzero(carted)
+        ev.add(
+            _u=u[ia],
+            _s=sess[ia],
+            ts=ts[ia] + 10 * US_PER_S,
+            etype=ET["add_to_cart"],
+            _k=6,
+            item=c_item[ia],
+            price=cat.price[c_item[ia]],
+            sdev=dev[ia],
+            _login=login[ia],
+        )
+        self.cart[u[ia], self.cart_n[u[ia]]] = c_item[ia]
+        self.cart_n[u[ia]] += 1
+        np.add.at(pop.views, (u[ic], ar[ic]), 1.0)
+        np.add.at(pop.views, (u[io], cat.category[o_item[io]]), 1.0)
+        return np.asarray(carted)
+
+    def _recommendation_session_ends(
+        self,
+        rng: np.random.Generator,
+        ev: Blocks,
+        orders: Blocks,
+        v: _Visits,
+        end: np.ndarray,
+        truth: dict[str, np.ndarray],
+        real: np.ndarray,
+    ) -> None:
+        """The real sessions that end here (rows ``end`` of ``v``): checkout of the cart or a
+        dropped item, then churn or the next visit."""
+        pop = self.pop
+        u = v.users
+        m = len(u)
+        ue = u[end]
+        has_cart = self.cart_n[ue] > 0
+        buy = has_cart & (rng.random(len(end)) < 0.5)
+        drop = has_cart & ~buy & (rng.random(len(end)) < 0.3)
+        ib = end[buy]
+        ub = ue[buy]
+        revenue = self._recommendation_checkout(rng, ev, orders, v, ib)
+        idrop = end[drop]
+        d_item = self.cart[u[idrop], 0]
+        ev.add(
+            _u=u[idrop],
+            _s=v.session[idrop],
+            ts=v.ts[idrop] + 25 * US_PER_S,
+            etype=ET["remove_from_cart"],
+            _k=7,
+            item=d_item,
+            price=self.catalog.price[d_item],
+            sdev=v.device[idrop],
+            _login=v.login[idrop],
+        )
+        pur = np.zeros(m)
+        rev = np.zeros(m)
+        pur[ib] = 1.0
+        rev[ib] = revenue
+        truth["purchase"][real] = pur
+        truth["revenue"][real] = rev
+        churn_logit = (
+            np.log(pop.churn_risk[ue] / (1 - pop.churn_risk[ue]))
+            - 0.15 * self.session_clicks[ue]
+            - 0.5 * buy
+        )
+        churned = rng.random(len(end)) < sigmoid(churn_logit)
+        ch_full = np.zeros(m, bool)
+        ch_full[end] = churned
+        truth["churned"][real] = ch_full
+        pop.n_orders[ub] += 1
+        self._next_visit(rng, ue, self.cur_start[ue], churned)
+
+    def _recommendation_checkout(
+        self, rng: np.random.Generator, ev: Blocks, orders: Blocks, v: _Visits, ib: np.ndarray
+    ) -> np.ndarray:
+        """The buyers' (rows ``ib`` of ``v``) checkout and purchase of their cart, the order
+        lines and their reversals; returns each buyer's revenue."""
+        cat = self.catalog
+        sess, dev, login = v.session, v.device, v.login
+        ub = v.users[ib]
+        co_ts = v.ts[ib] + 20 * US_PER_S
+        order_ts = co_ts + 30 * US_PER_S
+        ev.add(
+            _u=ub,
+            _s=sess[ib],
+            ts=co_ts,
+            etype=ET["begin_checkout"],
+            _k=7,
+            sdev=dev[ib],
+            _login=login[ib],
+        )
+        n_lines = self.cart_n[ub]
+        lpar, lrank = _segments(n_lines)
+        l_item = self.cart[ub[lpar], lrank]
+        l_qty = (1 + rng.poisson(0.2, len(lpar))).astype(np.int32)
+        l_price = cat.price[l_item]
+        l_margin = np.round(l_qty * (l_price - cat.cost[l_item]), 2)
+        revenue = np.bincount(lpar, l_qty * l_price, minlength=len(ub))
+        ev.add(
+            _u=ub,
+            _s=sess[ib],
+            ts=order_ts,
+            etype=ET["purchase"],
+            _k=8,
+            price=np.round(revenue, 2),
+            order=True,
+            sdev=dev[ib],
+            _login=login[ib],
+        )
+        cols = {
+            "_u": ub[lpar],
+            "_s": sess[ib][lpar],
+            "line": (lrank + 1).astype(np.int32),
+            "item": l_item,
+            "qty": l_qty,
+            "price": l_price,
+            "disc": np.zeros(len(lpar)),
+            "margin": l_margin,
+            "sdev": dev[ib][lpar],
+        }
+        orders.add(**cols, ts=order_ts[lpar], status=0, rev_n=0)
+        self._reversals(rng, orders, lpar, order_ts, cols, np.ones(len(lpar)))
+        return np.asarray(revenue)
+
+    def _recommendation_bots(
+        self, ev: Blocks, p: Pending, bots: np.ndarray, cont: np.ndarray
+    ) -> None:
+        """Bots: a burst of item views on every page, always ``max_pages`` pages (sets ``cont``
+        of the bots' rows)."""
+        cat = self.catalog
+        brng = self._rng(_S_BOT_OUTCOME)
+        bu = p.users[bots]
+        n_vi = 5 + brng.poisson(15, len(bu))
+        par, rank = _segments(n_vi)
+        item = brng.integers(0, len(cat.price), len(par))
+        vts = p.ts[bots][par] + US_PER_S + rank * (US_PER_S // 2)
+        ev.add(
+            _u=bu[par],
+            _s=p.session[bots][par],
+            ts=vts,
+            etype=ET["view_item"],
+            _k=5,
+            item=item,
+            price=cat.price[item],
+            sdev=p.device[bots][par],
+        )
+        bnext = p.step[bots] + 1 < self.config.max_pages
+        cont[bots] = bnext
+        self.page_ts[bu] = p.ts[bots] + 15 * US_PER_S
+        bend = bu[~bnext]
+        self._next_visit(brng, bend, self.cur_start[bend], np.zeros(len(bend), bool))

@@ -186,7 +186,17 @@ def events_frame(
 ) -> pl.DataFrame:
     """Finished event blocks (:func:`finish_round_events`) as a raw-log events frame, plus
     ``_u``, ``_ts``, ``_s`` and ``_seq`` (for fast numeric sorting)."""
-    cfg = engine.config
+    df = _event_columns(engine, raw, log_propensity=log_propensity)
+    return _public_event_columns(
+        df, scenario=engine.config.scenario, continuous=engine.continuous, policy_id=policy_id
+    )
+
+
+def _event_columns(
+    engine: Engine, raw: dict[str, np.ndarray], *, log_propensity: bool
+) -> pl.DataFrame:
+    """The event blocks' columns gathered into strings and nullable values (the ids still in
+    parts: ``_sd`` session digits, ``_seqs`` sequence digits, ``_dstep`` decision step)."""
     lk = _lookups(engine)
     n = len(raw["ts"])
     ingest = raw["_ingest"]
@@ -207,7 +217,7 @@ def events_frame(
         propensity = pl.Series(np.full(n, None), dtype=pl.Float64)
     anonymous = raw["ts"] < raw["_login"]
     step = lk.step.gather(_idx(raw["dstep"], is_decision))
-    df = pl.DataFrame(
+    return pl.DataFrame(
         {
             "_u": u,
             "_ts": raw["ts"],
@@ -235,7 +245,13 @@ def events_frame(
             "channel": lk.channel.gather(_idx(raw["channel"].astype(np.int64))),
         }
     )
-    if cfg.scenario == "promotion":
+
+
+def _public_event_columns(
+    df: pl.DataFrame, *, scenario: str, continuous: bool, policy_id: str
+) -> pl.DataFrame:
+    """The events contract's columns (and order) from :func:`_event_columns`, ids assembled."""
+    if scenario == "promotion":
         decision_id = pl.concat_str([pl.lit("d"), pl.col("_sd")])
     else:
         decision_id = pl.concat_str([pl.lit("d"), pl.col("_sd"), pl.lit("-"), pl.col("_dstep")])
@@ -244,9 +260,7 @@ def events_frame(
         "_ts",
         "_s",
         "_seq",
-        pl.concat_str([pl.lit("s"), pl.col("_sd"), pl.lit("-"), pl.col("_seqs")]).alias(
-            "event_id"
-        ),
+        pl.concat_str([pl.lit("s"), pl.col("_sd"), pl.lit("-"), pl.col("_seqs")]).alias("event_id"),
         "event_ts",
         "ingest_ts",
         "user_id",
@@ -257,9 +271,9 @@ def events_frame(
         "item_category",
         "price",
         pl.when(pl.col("price").is_not_null()).then(pl.lit(CURRENCY)).alias("currency"),
-        pl.when(pl.col("_order")).then(pl.concat_str([pl.lit("o"), pl.col("_sd")])).alias(
-            "order_id"
-        ),
+        pl.when(pl.col("_order"))
+        .then(pl.concat_str([pl.lit("o"), pl.col("_sd")]))
+        .alias("order_id"),
         "position",
         pl.when(pl.col("_dec")).then(decision_id).alias("decision_id"),
         "action",
@@ -267,7 +281,7 @@ def events_frame(
         pl.when(pl.col("_dec")).then(pl.lit(policy_id)).alias("policy_id"),
         "device",
         "channel",
-    ).cast(event_schema(engine.continuous))  # type: ignore[arg-type]
+    ).cast(event_schema(continuous))  # type: ignore[arg-type]
     return out
 
 
@@ -313,8 +327,7 @@ def orders_frame(engine: Engine, raw: dict[str, np.ndarray]) -> pl.DataFrame:
             pl.col("margin"),
             pl.col("_status").replace_strict(list(range(4)), list(STATUSES)).alias("status"),
             pl.when(pl.col("_rev") > 0).then(parent).alias("parent_order_id"),
-        )
-        .cast({"_u": pl.Int64(), **ORDER_SCHEMA})  # type: ignore[dict-item]
+        ).cast({"_u": pl.Int64(), **ORDER_SCHEMA})  # type: ignore[dict-item]
     )
 
 

@@ -48,9 +48,7 @@ def _validate_actions(actions: np.ndarray, p: Pending, config: SimulatorConfig) 
     if actions.ndim == 2 and actions.shape[1] == 1:
         actions = actions[:, 0]
     if actions.shape != (p.size,):
-        raise SimulatorError(
-            f"the policy returned {actions.shape} actions for {p.size} decisions"
-        )
+        raise SimulatorError(f"the policy returned {actions.shape} actions for {p.size} decisions")
     if config.scenario == "promotion" and config.action_space == "continuous":
         rates = actions.astype(np.float64)
         if not np.isfinite(rates).all():
@@ -104,6 +102,63 @@ class _History:
         return out[0], out[1]
 
 
+class _Observer:
+    """What the policy sees each round: the default observation, or the hook's features computed
+    on the raw history so far; records the observations when asked."""
+
+    def __init__(
+        self,
+        observation_hook: ObservationHookFn | None,
+        *,
+        use_hook: bool,
+        policy_id: str,
+        record: bool,
+    ) -> None:
+        self.hook = observation_hook if use_hook else None
+        self.policy_id = policy_id
+        self.record = record
+        self.history = _History()
+        self.templates: tuple[pl.DataFrame, pl.DataFrame] | None = None
+        self.ids: list[pl.DataFrame] = []
+        self.rows: list[np.ndarray] = []
+
+    def observe(self, engine: Engine, p: Pending) -> np.ndarray:
+        """The round's observations, one float row per pending decision."""
+        decisions: pl.DataFrame | None = None
+        if self.hook is not None:
+            decisions = decisions_frame(engine, p, self.policy_id)
+            ev_hist, or_hist = self.history.before(engine, p, self.empty_frames(engine))
+            obs = np.asarray(self.hook(ev_hist, or_hist, decisions), dtype=np.float32)
+            if obs.ndim != 2 or obs.shape[0] != p.size:
+                raise SimulatorError(
+                    f"the observation hook returned shape {obs.shape} for {p.size} decisions"
+                )
+        else:
+            obs = p.observation
+        if self.record:
+            if decisions is None:
+                decisions = decisions_frame(engine, p, self.policy_id)
+            self.ids.append(decisions.select("decision_id"))
+            self.rows.append(obs)
+        return obs
+
+    def empty_frames(self, engine: Engine) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Empty events and orders frames of the run's schemas (made once)."""
+        if self.templates is None:
+            self.templates = _empty_frames(engine)
+        return self.templates
+
+    def observations(self) -> pl.DataFrame | None:
+        """``decision_id`` and ``observation`` of every recorded decision (``None`` unless
+        recording)."""
+        if not self.record:
+            return None
+        width = self.rows[0].shape[1] if self.rows else 0
+        ids = pl.concat(self.ids) if self.ids else pl.DataFrame(schema={"decision_id": pl.String})
+        matrix = np.concatenate(self.rows) if self.rows else np.zeros((0, width), np.float32)
+        return ids.with_columns(pl.Series("observation", matrix, pl.Array(pl.Float32, width)))
+
+
 def run_policy(
     config: SimulatorConfig,
     policy: Policy,
@@ -123,34 +178,15 @@ def run_policy(
     engine = Engine(config)
     ev_blocks: list[dict[str, np.ndarray]] = []
     or_blocks: list[dict[str, np.ndarray]] = []
-    history = _History()
     use_hook = observation_hook is not None and not policy.uses_default_observation
-    obs_ids: list[pl.DataFrame] = []
-    obs_rows: list[np.ndarray] = []
-    empty_templates: tuple[pl.DataFrame, pl.DataFrame] | None = None
+    observer = _Observer(
+        observation_hook, use_hook=use_hook, policy_id=policy_id, record=record_observations
+    )
     bar = tqdm(
         desc=f"simulate {config.scenario}", unit=" rounds", disable=None if progress else True
     )
     while (p := engine.pending()) is not None:
-        decisions: pl.DataFrame | None = None
-        if use_hook:
-            assert observation_hook is not None
-            decisions = decisions_frame(engine, p, policy_id)
-            if empty_templates is None:
-                empty_templates = _empty_frames(engine)
-            ev_hist, or_hist = history.before(engine, p, empty_templates)
-            obs = np.asarray(observation_hook(ev_hist, or_hist, decisions), dtype=np.float32)
-            if obs.ndim != 2 or obs.shape[0] != p.size:
-                raise SimulatorError(
-                    f"the observation hook returned shape {obs.shape} for {p.size} decisions"
-                )
-        else:
-            obs = p.observation
-        if record_observations:
-            if decisions is None:
-                decisions = decisions_frame(engine, p, policy_id)
-            obs_ids.append(decisions.select("decision_id"))
-            obs_rows.append(obs)
+        obs = observer.observe(engine, p)
         rng = np.random.default_rng([config.seed, _S_POLICY, engine.round])
         actions = _validate_actions(policy.act(obs, rng), p, config)
         prop = policy.propensity(obs, actions)
@@ -160,7 +196,7 @@ def run_policy(
         if keep_events or use_hook:
             ev_blocks.append(finish_round_events(engine, ev_raw))
         if use_hook:
-            history.add(
+            observer.history.add(
                 events_frame(
                     engine, ev_blocks[-1], log_propensity=log_propensity, policy_id=policy_id
                 ),
@@ -168,8 +204,38 @@ def run_policy(
             )
         bar.update(1)
     bar.close()
-    if empty_templates is None:
-        empty_templates = _empty_frames(engine)
+    all_events, all_orders = _final_frames(
+        engine,
+        ev_blocks,
+        or_blocks,
+        observer.empty_frames(engine),
+        log_propensity=log_propensity,
+        policy_id=policy_id,
+    )
+    truth = build_truth(engine, all_events, all_orders)
+    log.debug(
+        "simulated",
+        scenario=config.scenario,
+        rounds=engine.round,
+        events=all_events.height,
+        orders=all_orders.height,
+        decisions=truth.height,
+    )
+    return RunOutput(all_events, all_orders, truth, observer.observations())
+
+
+def _final_frames(
+    engine: Engine,
+    ev_blocks: list[dict[str, np.ndarray]],
+    or_blocks: list[dict[str, np.ndarray]],
+    templates: tuple[pl.DataFrame, pl.DataFrame],
+    *,
+    log_propensity: bool,
+    policy_id: str,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The run's public events (sorted, then shuffled within each ingest day with the
+    out-of-order dirt) and orders (sorted) frames from every round's blocks."""
+    config = engine.config
     ev_all = concat_blocks(ev_blocks)
     or_all = concat_blocks(or_blocks)
     if ev_all is not None:
@@ -179,9 +245,9 @@ def run_policy(
     all_events = (
         events_frame(engine, ev_all, log_propensity=log_propensity, policy_id=policy_id)
         if ev_all is not None
-        else _with_sort_keys(empty_templates[0])
+        else _with_sort_keys(templates[0])
     )
-    all_orders = orders_frame(engine, or_all) if or_all is not None else empty_templates[1]
+    all_orders = orders_frame(engine, or_all) if or_all is not None else templates[1]
     all_events = public(all_events)
     all_orders = public(all_orders).sort("order_ts", "order_id", "line_no")
     if config.dirt.out_of_order and all_events.height:
@@ -191,29 +257,13 @@ def run_policy(
             .sort(pl.col("ingest_ts").dt.date(), "_key")
             .drop("_key")
         )
-    truth = build_truth(engine, all_events, all_orders)
-    observations = None
-    if record_observations:
-        width = obs_rows[0].shape[1] if obs_rows else 0
-        ids = pl.concat(obs_ids) if obs_ids else pl.DataFrame(schema={"decision_id": pl.String})
-        matrix = np.concatenate(obs_rows) if obs_rows else np.zeros((0, width), np.float32)
-        observations = ids.with_columns(
-            pl.Series("observation", matrix, pl.Array(pl.Float32, width))
-        )
-    log.debug(
-        "simulated",
-        scenario=config.scenario,
-        rounds=engine.round,
-        events=all_events.height,
-        orders=all_orders.height,
-        decisions=truth.height,
-    )
-    return RunOutput(all_events, all_orders, truth, observations)
+    return all_events, all_orders
 
 
 def _with_sort_keys(frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(
-        pl.lit(0, pl.Int64).alias("_ts"), pl.lit(0, pl.Int64).alias("_s"),
+        pl.lit(0, pl.Int64).alias("_ts"),
+        pl.lit(0, pl.Int64).alias("_s"),
         pl.lit(0, pl.Int64).alias("_seq"),
     ).clear()
 
