@@ -36,6 +36,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
 from etl.errors import EtlError
+from etl.features import Scaling
 from etl.manifest import Manifest
 from etl.output import swap_dir, write_json, write_parquet
 from etl.schema import QUARANTINE_SCHEMA, SCHEMA_VERSION, TS, transition_schema
@@ -162,9 +163,10 @@ def import_steps(
         raise EtlError(f"{source}: no valid steps in {frame.height} rows")
     width = _width(used)
     names = _feature_names(cols, width, vocabulary)
-    mean, std = _scaling(used, width, config.standardise)
-    trans = _transitions(used, cols, config, labels, mean, std, width)
-    manifest = _manifest(config, names, mean, std, labels, low, high, trans, quarantine, source)
+    raw = np.asarray(used[_OBS].to_list(), dtype=np.float64).reshape(-1, width)
+    scaling = Scaling.fit(names, raw) if config.standardise else Scaling.identity(names)
+    trans = _transitions(used, cols, config, labels, scaling.apply(raw))
+    manifest = _manifest(config, scaling, labels, low, high, trans, quarantine, source)
     manifest["categories"] = vocabulary
     Manifest.from_dict(manifest, source="the manifest being written")
     _write(trans, quarantine, manifest, Path(out))
@@ -439,25 +441,15 @@ def _feature_names(cols: StepColumns, width: int, vocabulary: dict[str, list[str
     return [f"{cols.observation}_{i}" for i in range(width - len(one_hot))] + one_hot
 
 
-def _scaling(used: pl.DataFrame, width: int, standardise: bool) -> tuple[np.ndarray, np.ndarray]:
-    if not standardise:
-        return np.zeros(width), np.ones(width)
-    raw = np.asarray(used[_OBS].to_list(), dtype=np.float64).reshape(-1, width)
-    std = raw.std(axis=0)
-    return raw.mean(axis=0), np.where(std > 1e-12, std, 1.0)
-
-
 def _transitions(
     used: pl.DataFrame,
     cols: StepColumns,
     config: StepImportConfig,
     labels: list[str] | None,
-    mean: np.ndarray,
-    std: np.ndarray,
-    width: int,
+    obs: np.ndarray,
 ) -> pl.DataFrame:
-    raw = np.asarray(used[_OBS].to_list(), dtype=np.float64).reshape(-1, width)
-    obs = ((raw - mean) / std).astype(np.float32)
+    """The transition rows of the used steps; ``obs``: their scaled float32 observations."""
+    width = obs.shape[1]
     episode = pl.col(cols.episode).cast(pl.String)
     step = pl.col(cols.step).cast(pl.Int32)
     last = step == step.max().over(episode)
@@ -532,9 +524,7 @@ def _propensity(cols: StepColumns) -> list[pl.Expr]:
 
 def _manifest(
     config: StepImportConfig,
-    names: list[str],
-    mean: np.ndarray,
-    std: np.ndarray,
+    scaling: Scaling,
     labels: list[str] | None,
     low: list[float],
     high: list[float],
@@ -553,9 +543,8 @@ def _manifest(
         "scenario": "imported",
         "episode_mode": "imported",
         "gamma": config.gamma,
-        "feature_names": names,
-        "scaling": {n: {"mean": float(m), "std": float(s)}
-                    for n, m, s in zip(names, mean, std, strict=True)},
+        "feature_names": list(scaling.names),
+        "scaling": scaling.to_manifest(),
         "action_space": space,
         "reward": {"kind": "imported", "column": config.columns.reward},
         "inputs": [{"path": source}],
