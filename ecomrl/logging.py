@@ -92,18 +92,18 @@ def emit_result(event: str, text: str, **fields: Any) -> None:
 def emit_error(message: str) -> None:
     """Print a user-facing error on stderr: ``ecomrl: error: message``, or in JSON mode one JSON
     object ``{"event": "error", "level": "error", "message": ...}``."""
-    if json_enabled():
-        record = {"event": "error", "level": "error", "message": message}
-        typer.echo(json_module.dumps(record, sort_keys=True), err=True)
-    else:
-        typer.echo(f"ecomrl: error: {message}", err=True)
+    _emit_problem("error", "error", message)
 
 
 def emit_failure(message: str) -> None:
     """Print an unexpected failure on stderr: ``ecomrl: failed: message``, or in JSON mode one
     JSON object ``{"event": "failed", "level": "critical", "message": ...}``."""
+    _emit_problem("failed", "critical", message)
+
+
+def _emit_problem(event: str, level: str, message: str) -> None:
     if json_enabled():
-        record = {"event": "failed", "level": "critical", "message": message}
+        record = {"event": event, "level": level, "message": message}
         typer.echo(json_module.dumps(record, sort_keys=True), err=True)
     else:
-        typer.echo(f"ecomrl: failed: {message}", err=True)
+        typer.echo(f"ecomrl: {event}: {message}", err=True)
