@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from evaluation.calibration import reliability
 from evaluation.config import BehaviourModelConfig
 from evaluation.data import EpisodeData, FloatArray
 from evaluation.errors import EvaluationError
@@ -98,21 +99,7 @@ def _calibration(
     onehot = np.zeros_like(probs)
     onehot[np.arange(n), actions] = 1.0
     brier = float(np.mean(np.sum((probs - onehot) ** 2, axis=1)))
-    p = probs.ravel()
-    y = onehot.ravel()
-    idx = np.minimum((p * bins).astype(np.int64), bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
-    mean_p = np.bincount(idx, weights=p, minlength=bins).astype(np.float64)
-    mean_y = np.bincount(idx, weights=y, minlength=bins).astype(np.float64)
-    nonzero = count > 0
-    mean_p[nonzero] /= count[nonzero]
-    mean_y[nonzero] /= count[nonzero]
-    ece = float(np.sum(count[nonzero] * np.abs(mean_p - mean_y)[nonzero]) / count.sum())
-    table = [
-        {"predicted": float(mean_p[b]), "observed": float(mean_y[b]), "count": float(count[b])}
-        for b in range(bins)
-        if nonzero[b]
-    ]
+    ece, table = reliability(probs.ravel(), onehot.ravel(), bins)
     return brier, ece, table
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from evaluation.calibration import reliability
 from evaluation.data import FloatArray
 
 _EPS = 1e-6
@@ -206,25 +207,6 @@ class ModelQuality:
         )
 
 
-def _reliability(
-    prob: FloatArray, y: FloatArray, bins: int
-) -> tuple[float, list[dict[str, float]]]:
-    idx = np.minimum((prob * bins).astype(np.int64), bins - 1)
-    count = np.bincount(idx, minlength=bins).astype(np.float64)
-    mean_p = np.bincount(idx, weights=prob, minlength=bins).astype(np.float64)
-    mean_y = np.bincount(idx, weights=y, minlength=bins).astype(np.float64)
-    used = count > 0
-    mean_p[used] /= count[used]
-    mean_y[used] /= count[used]
-    ece = float(np.sum(count[used] * np.abs(mean_p - mean_y)[used]) / count.sum())
-    table = [
-        {"predicted": float(mean_p[b]), "observed": float(mean_y[b]), "count": float(count[b])}
-        for b in range(bins)
-        if used[b]
-    ]
-    return ece, table
-
-
 def model_quality(
     prediction: FloatArray,
     target: FloatArray,
@@ -255,7 +237,7 @@ def model_quality(
     y = (target == high).astype(np.float64)
     prob = np.clip((prediction - low) / (high - low), _EPS, 1 - _EPS)
     rate = float(np.clip(y.mean(), _EPS, 1 - _EPS))
-    ece, table = _reliability(prob, y, bins)
+    ece, table = reliability(prob, y, bins)
     return ModelQuality(
         **{
             **asdict(quality),
