@@ -174,13 +174,16 @@ def fixed_normaliser_stats(inp: OPEInput) -> list[EpisodeStatistics]:
 
 
 def scope_counts(n: int, resamples: int, chunk: int) -> list[np.ndarray]:
-    """SCOPE-RL's resamples as counts: ``RandomState(0).choice(N, N)`` once per resample."""
+    """SCOPE-RL's resamples as float64 counts: ``RandomState(0).choice(N, N)`` per resample,
+    counted one resample at a time (its counts stay in cache)."""
     rs = np.random.RandomState(0)
     out = []
     for start in range(0, resamples, chunk):
         size = min(chunk, resamples - start)
-        idx = rs.randint(0, n, size=(size, n)) + (np.arange(size) * n)[:, None]
-        out.append(np.bincount(idx.ravel(), minlength=size * n).reshape(size, n))
+        counts = np.empty((size, n))
+        for row, drawn in zip(counts, rs.randint(0, n, size=(size, n)), strict=True):
+            row[:] = np.bincount(drawn, minlength=n)
+        out.append(counts)
     return out
 
 

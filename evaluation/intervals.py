@@ -39,6 +39,7 @@ _BUCKET_RATIO = 1.5  # staircase buckets: row prefixes shrinking by this factor
 # integer below 2^24 (exact, so equal to the float64 sum); larger totals are summed in float64.
 _FLOAT32_EXACT = 2.0**23
 _SHARED_PLANS = 2  # resample plans kept by ``shared_counts`` (least recently used dropped)
+_LOOKUP_SLICE = 65_536  # Poisson table lookups per ``take`` (their 64-bit indices stay in cache)
 _KEEP_FLOAT32 = 100_000_000  # kept counts stay float32 up to this many cells (400 MB), else uint8
 
 # Poisson(1) quantiles on a 2^16 grid: a uint16 draw per episode and resample becomes a count.
@@ -91,8 +92,16 @@ def poisson_counts(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     Each episode enters each resample an independent Poisson(1) number of times: the same
     first-order behaviour as the multinomial bootstrap, with a random resample size, and about
     four times cheaper to draw (one table lookup of a 16-bit random number per cell).
+    The lookup runs over slices that fit in cache (``take`` widens its indices to 64 bits, and
+    widening the whole block at once would write and read it again through memory), with
+    ``mode="wrap"``: every 16-bit draw is a valid index, so no bound needs checking.
     """
-    return np.take(_POISSON_TABLE, uniform16(rng, size, n))
+    draws = uniform16(rng, size, n).reshape(-1)
+    out = np.empty(draws.size, dtype=np.float32)
+    for start in range(0, draws.size, _LOOKUP_SLICE):
+        stop = start + _LOOKUP_SLICE
+        np.take(_POISSON_TABLE, draws[start:stop], out=out[start:stop], mode="wrap")
+    return out.reshape(size, n)
 
 
 class _ResampledSums:
@@ -106,7 +115,8 @@ class _ResampledSums:
     (episodes x longest episode) x (resamples).
 
     ``exact`` multiplies in float64 (float32 by default: the replicates then carry float32
-    rounding, about 1e-7 relative, which is far below their spread).
+    rounding, about 1e-7 relative, which is far below their spread). A last column of ones
+    gives each resample's size in the same product (one pass over the counts instead of two).
     """
 
     def __init__(self, stats: Sequence[EpisodeStatistics], *, exact: bool = False) -> None:
@@ -119,8 +129,12 @@ class _ResampledSums:
         for s in stats:
             self.offsets.append(self.offsets[-1] + s.width)
         self.width = self.offsets[-1]
+        # one statistic column alone is a matrix-vector product: a second column would change
+        # its float32 rounding, so its resample sizes are then summed apart
+        self.ones = int(self.width > 1)
         if n * self.width <= _DENSE_LIMIT:
-            dense = np.zeros((n, self.width), dtype=self.dtype)
+            dense = np.zeros((n, self.width + self.ones), dtype=self.dtype)
+            dense[:, self.width :] = 1.0
             for s, off in zip(stats, self.offsets, strict=False):
                 if isinstance(s.matrix, np.ndarray):
                     dense[:, off : off + s.width] = s.matrix
@@ -135,13 +149,16 @@ class _ResampledSums:
             prefix = np.where(any_nz, n - np.argmax(nonzero[::-1], axis=0), 0)
             del nonzero
         else:
-            matrix = sp.hstack([sp.csr_matrix(s.matrix) for s in stats], format="csr")
+            ones = sp.csr_matrix(np.ones((n, self.ones)))
+            matrix = sp.hstack([*(sp.csr_matrix(s.matrix) for s in stats), ones], format="csr")
             matrix.eliminate_zeros()
             self.perm = np.argsort(-np.diff(matrix.indptr), kind="stable")
             ordered = matrix[self.perm].tocsr()
             coo = ordered.tocoo()
-            prefix = np.zeros(self.width, dtype=np.int64)
+            prefix = np.zeros(self.width + self.ones, dtype=np.int64)
             np.maximum.at(prefix, coo.col, coo.row.astype(np.int64) + 1)
+        # rows already in order (e.g. no statistic is 0 anywhere): counts need no reordering
+        self.in_order = bool(np.all(self.perm[1:] > self.perm[:-1]))
         self.buckets: list[tuple[np.ndarray, int, np.ndarray]] = []
         order = np.argsort(-prefix, kind="stable")
         order = order[prefix[order] > 0]
@@ -159,13 +176,22 @@ class _ResampledSums:
             self.buckets.append((cols, top, block))
             start = stop
 
-    def __call__(self, counts_ordered: np.ndarray) -> np.ndarray:
-        """Sums for counts given in the internal row order (iid counts need no reordering)."""
+    def __call__(
+        self, counts_ordered: np.ndarray, sizes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Sums (B x width) and resample sizes (B,) for counts given in the internal row order
+        (iid counts need no reordering); ``sizes``: the resample sizes when already known."""
         counts_ordered = np.asarray(counts_ordered, dtype=self.dtype)
-        out = np.zeros((counts_ordered.shape[0], self.width))
+        out = np.zeros((counts_ordered.shape[0], self.width + self.ones))
         for cols, top, block in self.buckets:
             out[:, cols] = counts_ordered[:, :top] @ block
-        return out
+        if sizes is not None:
+            return out[:, : self.width], sizes
+        totals = out[:, self.width] if self.ones else _integer_totals(counts_ordered)
+        # float32 sums of integer counts are exact while every partial sum stays below 2^24
+        if self.dtype == np.float32 and totals.size and float(totals.max()) >= _FLOAT32_EXACT:
+            totals = counts_ordered.sum(axis=1, dtype=np.float64)
+        return out[:, : self.width], totals
 
 
 class ResampleCounts:
@@ -200,33 +226,39 @@ class ResampleCounts:
         cells = n * n_resamples
         self.keep = cells <= max_cells
         self.keep_float32 = cells <= min(max_cells, _KEEP_FLOAT32)
-        self._stored: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._stored: list[np.ndarray] | None = None
+        self._sizes: list[np.ndarray] | None = None  # each resample's size, once added up
+
+    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """The blocks of :meth:`chunks`, each with its resample sizes when they are known."""
+        sizes = self._sizes
+        for i, block in enumerate(self.chunks()):
+            yield block, (sizes[i] if sizes is not None else None)
+
+    def remember_sizes(self, sizes: list[np.ndarray]) -> None:
+        """Keep each block's resample sizes (float64), added up by a first use of kept counts."""
+        if self._stored is not None and len(sizes) == len(self._stored):
+            self._sizes = sizes
 
     def chunks(self) -> Iterator[np.ndarray]:
         """Successive (size, N) float32 blocks of counts (read-only when kept), n_resamples rows
         in all."""
-        for block, _ in self.blocks():
-            yield block
-
-    def blocks(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Successive (size, N) float32 blocks of counts and each resample's size (float64)."""
         if self._stored is not None:
-            for block, totals in self._stored:
-                yield (block if self.keep_float32 else block.astype(np.float32)), totals
+            for block in self._stored:
+                yield block if self.keep_float32 else block.astype(np.float32)
             return
         rng = np.random.default_rng(self.seed)
         draw = poisson_counts if self.scheme == "poisson" else resample_counts
-        stored: list[tuple[np.ndarray, np.ndarray]] = []
+        stored: list[np.ndarray] = []
         done = 0
         while done < self.n_resamples:
             size = min(self.chunk, self.n_resamples - done)
             counts = draw(self.n, size, rng)
-            totals = _integer_totals(counts)
             if self.keep:
                 kept = counts if self.keep_float32 else counts.astype(np.uint8)
                 kept.flags.writeable = False
-                stored.append((kept, totals))
-            yield counts, totals
+                stored.append(kept)
+            yield counts
             done += size
         if self.keep:
             self._stored = stored
@@ -284,10 +316,16 @@ def bootstrap_values(
         )
     out = np.empty((n_resamples, len(stats)))
     done = 0
-    for block, totals in counts.blocks():
+    sizes = []
+    for block, known in counts.blocks():
         size = block.shape[0]
-        _combine_into(out[done : done + size], stats, sums_of(block), totals, sums_of.offsets)
+        if counts.scheme == "multinomial":  # exactly N episodes in every resample
+            known = np.full(size, float(sums_of.n))
+        sums, totals = sums_of(block, known)
+        sizes.append(totals)
+        _combine_into(out[done : done + size], stats, sums, totals, sums_of.offsets)
         done += size
+    counts.remember_sizes(sizes)
     return out
 
 
@@ -300,10 +338,12 @@ def bootstrap_from_counts(
     float64 rounding (float32 by default, about 1e-7 relative).
     """
     sums_of = _ResampledSums(stats, exact=exact)
-    ordered = np.ascontiguousarray(counts[:, sums_of.perm], dtype=sums_of.dtype)
+    in_order = counts if sums_of.in_order else counts[:, sums_of.perm]
+    ordered = np.ascontiguousarray(in_order, dtype=sums_of.dtype)
     out = np.empty((counts.shape[0], len(stats)))
-    totals = ordered.sum(axis=1, dtype=np.float64)
-    _combine_into(out, stats, sums_of(ordered), totals, sums_of.offsets)
+    sums, _ = sums_of(ordered)
+    totals = ordered.sum(axis=1, dtype=np.float64)  # the counts may be any numbers here
+    _combine_into(out, stats, sums, totals, sums_of.offsets)
     return out
 
 

@@ -143,6 +143,11 @@ class OPEInput:
         return self._weights[1]
 
     @cached_property
+    def weighted_rewards(self) -> FloatArray:
+        """``gamma^t w_t r_t`` per decision (the per-decision estimators' numerators)."""
+        return self.data.discount * self.w * self.data.reward
+
+    @cached_property
     def trajectory_weights(self) -> FloatArray:
         """Each episode's final cumulative weight."""
         return self.w[self.data.last_row]

@@ -25,7 +25,7 @@ from evaluation.estimators.base import (
     per_step_matrix,
     safe_ratio,
 )
-from evaluation.statistics import EpisodeStatistics
+from evaluation.statistics import Combine, EpisodeStatistics
 
 
 def _ratio(s: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -62,7 +62,7 @@ class PerDecisionIS(OffPolicyEstimator):
 
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         d = inp.data
-        col = per_episode_column(d, d.discount * inp.w * d.reward)
+        col = per_episode_column(d, inp.weighted_rewards)
         return EpisodeStatistics.mean_of(col)
 
 
@@ -90,12 +90,32 @@ class WeightedPerDecisionIS(OffPolicyEstimator):
 
     def episode_statistics(self, inp: OPEInput) -> EpisodeStatistics:
         d = inp.data
-        num = per_step_matrix(d, d.discount * inp.w * d.reward)
+        num = per_step_matrix(d, inp.weighted_rewards)
         delta = per_step_matrix(d, inp.w - inp.w_prev)
-        horizon = d.horizon
+        return EpisodeStatistics(sp.hstack([num, delta], format="csr"), _wpdis_combine(d.horizon))
 
-        def combine(s: np.ndarray, n: np.ndarray) -> np.ndarray:
-            den = per_step_denominators(s[:, horizon:], n)
-            return safe_ratio(s[:, :horizon], den).sum(axis=1)
+    def estimate_policy_value(self, inp: OPEInput) -> float:
+        """The point estimate from per-step sums, without the per-episode statistics.
 
-        return EpisodeStatistics(sp.hstack([num, delta], format="csr"), combine)
+        ``bincount`` over steps adds each step's values in episode order, as the column sums of
+        the statistics do, so the value has the same bits as ``episode_statistics(inp).value()``.
+        """
+        d = inp.data
+        sums = np.concatenate(
+            [
+                np.bincount(d.step, weights=inp.weighted_rewards, minlength=d.horizon),
+                np.bincount(d.step, weights=inp.w - inp.w_prev, minlength=d.horizon),
+            ]
+        )
+        n = np.array([float(d.n_episodes)])
+        return float(_wpdis_combine(d.horizon)(sums[None, :], n)[0])
+
+
+def _wpdis_combine(horizon: int) -> Combine:
+    """WPDIS from sums ``[per-step numerators | per-step weight changes]`` (2 x horizon)."""
+
+    def combine(s: np.ndarray, n: np.ndarray) -> np.ndarray:
+        den = per_step_denominators(s[:, horizon:], n)
+        return safe_ratio(s[:, :horizon], den).sum(axis=1)
+
+    return combine
