@@ -26,6 +26,8 @@ Features (``feature_names``):
   ``days_since_last_offer``; the last decision's action one-hot (``last_action_<label>``), or for
   continuous actions ``last_rate`` and ``mean_past_rate``.
 - ``session_events``: earlier events of the decision's own session.
+- recommendation scenario: per category ``<c>`` (the action labels), ``views_<c>`` (item views
+  of that category) and ``recommended_<c>`` (earlier decisions that recommended it).
 - ``hour_sin``, ``hour_cos``, ``dow_sin``, ``dow_cos`` of the decision time (UTC).
 - ``<context>_<value>``: one-hot of each configured context column of the decision event.
 - source features (``[etl.features]``, :mod:`etl.source`): numeric columns (``<column>``), the
@@ -76,6 +78,9 @@ class FeatureSpec:
     context: Mapping[str, list[str]]
     window_days: float
     source: SourceFeatures = field(default_factory=SourceFeatures)
+    categories: tuple[str, ...] = ()
+    """Recommendation scenario: the categories (the action labels) whose views and earlier
+    recommendations are counted per user (:func:`category_features`); empty otherwise."""
 
     @classmethod
     def from_config(cls, config: EtlConfig, space: ActionSpace) -> FeatureSpec:
@@ -101,7 +106,11 @@ class FeatureSpec:
                 "engine does not discover it; give [etl.features] vocabulary or use the local "
                 "engine"
             )
-        spec = cls(space, context, config.feature_window_days, config.features)
+        categories = (
+            tuple(space.labels)
+            if config.scenario == "recommendation" and not space.continuous else ()
+        )
+        spec = cls(space, context, config.feature_window_days, config.features, categories)
         names = [name for group in FEATURE_GROUPS for name, _ in group(spec)]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -505,10 +514,13 @@ def _event_history(
     return out, hist
 
 
-def _decision_history(hist: pl.DataFrame, dec: pl.DataFrame, space: ActionSpace
+def _decision_history(hist: pl.DataFrame, dec: pl.DataFrame, spec: FeatureSpec
                       ) -> dict[str, pl.Series]:
-    """Earlier decisions: offers, decisions, rates and the last action."""
+    """Earlier decisions: offers, decisions, rates, the last action, and per category how
+    often it was recommended (``c_rec<i>``, recommendation scenario)."""
+    space = spec.space
     offer = (pl.col(ACTION_VAL) > 0) if space.continuous else (pl.col(ACTION_IDX) != 0)
+    recs = [f"c_rec{i}" for i in range(len(spec.categories))]
     dh = hist.filter("c_dec").select(
         KID,
         AVAIL,
@@ -518,14 +530,29 @@ def _decision_history(hist: pl.DataFrame, dec: pl.DataFrame, space: ActionSpace
         _money(pl.col(ACTION_VAL).fill_null(0.0)).alias("c_rate"),
         ACTION_IDX,
         ACTION_VAL,
+        *[(pl.col(ACTION_IDX) == i).fill_null(False).alias(c) for i, c in enumerate(recs)],
     )
     last_action = ("last_val", ACTION_VAL) if space.continuous else ("last_idx", ACTION_IDX)
     return _scan_at(
         dh, dec, {"": T, "_0": "_t0"},
-        sums=["c_offer", "c_dec", *(["c_rate"] if space.continuous else [])],
+        sums=["c_offer", "c_dec", *(["c_rate"] if space.continuous else []), *recs],
         lasts={"last_offer": ("c_offer", AVAIL), "last_dec": ("c_dec", AVAIL),
                last_action[0]: ("c_dec", last_action[1])},
     )
+
+
+def _category_views(ev: pl.DataFrame, dec: pl.DataFrame, keys: pl.DataFrame,
+                    categories: tuple[str, ...]) -> dict[str, pl.Series]:
+    """Earlier item views per category (``c_view<i>``, now and at the window start)."""
+    views = _with_kid(_history_keys(ev.filter(pl.col("event_type") == "view_item"), "event_ts"),
+                      keys)
+    cols = [f"c_view{i}" for i in range(len(categories))]
+    views = views.select(
+        KID, AVAIL, pl.col("event_id").hash(seed=0).alias(TIE),
+        *[(pl.col("item_category") == c).fill_null(False).alias(col)
+          for c, col in zip(categories, cols, strict=True)],
+    )
+    return _scan_at(views, dec, {"": T, "_0": "_t0"}, sums=cols, lasts={})
 
 
 def _order_history(orders: pl.DataFrame, dec: pl.DataFrame, keys: pl.DataFrame,
@@ -589,11 +616,14 @@ def raw_features(
     if n == 0:
         return np.zeros((0, len(names)), dtype=np.float64)
     dec, keys, sess_keys = _decision_frame(decisions, links, spec)
-    ev = _select_linked(events, EVENT_NEED, links).with_columns(
+    need = [*EVENT_NEED, "item_category"] if spec.categories else EVENT_NEED
+    ev = _select_linked(events, need, links).with_columns(
         pl.col(SESSION).hash(seed=14).alias("_sh")
     )
     out, hist = _event_history(ev, dec, keys)
-    out.update(_decision_history(hist, dec, spec.space))
+    out.update(_decision_history(hist, dec, spec))
+    if spec.categories:
+        out.update(_category_views(ev, dec, keys, spec.categories))
     out.update(_order_history(orders, dec, keys, links))
     out.update(_session_history(ev, dec, sess_keys))
     frame = dec.with_columns(pl.Series(name, s) for name, s in out.items())
@@ -676,6 +706,17 @@ def session_features(spec: FeatureSpec) -> list[Feature]:
     return [("session_events", pl.col("c_se").fill_null(0).cast(pl.Float64))]
 
 
+def category_features(spec: FeatureSpec) -> list[Feature]:
+    """Recommendation scenario: per category, the user's item views and the times it was
+    recommended to them in the window: what a category's appeal and its fatigue depend on."""
+    return [
+        feature
+        for i, label in enumerate(spec.categories)
+        for feature in ((f"views_{label}", _window(f"c_view{i}")),
+                        (f"recommended_{label}", _window(f"c_rec{i}")))
+    ]
+
+
 def time_features(spec: FeatureSpec) -> list[Feature]:
     """Hour of day and day of week of the decision (UTC), on the circle."""
     day_frac = (pl.col(T) % US_PER_DAY) / US_PER_DAY * (2 * math.pi)
@@ -736,6 +777,7 @@ BUILT_IN_GROUPS: tuple[Callable[[FeatureSpec], list[Feature]], ...] = (
     session_features,
     time_features,
     context_features,
+    category_features,
 )
 FEATURE_GROUPS: tuple[Callable[[FeatureSpec], list[Feature]], ...] = (
     *BUILT_IN_GROUPS,
